@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+
+.PHONY: demo test install clean-demo bench
+
+$(BIN)/medgen: pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned, so that pip takes the CPU build instead of a multi-GB CUDA one
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e ".[workflow,test]"
+	touch $(BIN)/medgen
+
+install: $(BIN)/medgen
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES) --configfile configs/default.yaml --rerun-incomplete --printshellcmds
+	@echo "Demo finished: preprocessed volumes in results/prep/, split in results/splits.json"
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python benchmarks/bench_phantom.py
+	$(BIN)/python benchmarks/bench_ingest.py
+
+clean-demo:
+	rm -rf results .snakemake
