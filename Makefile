@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+# workflow jobs call the `medgen` command of this environment
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test install clean-demo bench
 

@@ -73,6 +73,13 @@ def _choose_affine(img: nib.Nifti1Image, path: Path, policy: FormPolicy) -> tupl
     return hdr.get_base_affine(), notes
 
 
+def _raw_zooms(img: nib.Nifti1Image, path: Path) -> tuple[float, ...]:
+    """Voxel sizes as stored: nibabel silently repairs a zero pixdim to 1 when it loads a header."""
+    with nib.openers.ImageOpener(str(path)) as fobj:
+        raw = type(img.header).from_fileobj(fobj, check=False)
+    return tuple(float(z) for z in raw["pixdim"][1:4])
+
+
 def load_nifti(
     path: Path | str,
     *,
@@ -93,7 +100,7 @@ def load_nifti(
         raise
     except Exception as exc:  # nibabel raises several types for damaged files
         raise NiftiError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc}); the file may be truncated") from exc
-    zooms = img.header.get_zooms()[:3]
+    zooms = _raw_zooms(img, path)
     if any(z <= 0 for z in zooms):
         raise NiftiError(f"{path}: voxel size (pixdim) {tuple(float(z) for z in zooms)} has a zero or negative entry")
     while data.ndim > 3 and data.shape[-1] == 1:

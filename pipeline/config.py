@@ -1,0 +1,95 @@
+"""Workflow configuration: load, fill defaults from the schema, and refuse bad keys at the door."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "configs" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """An invalid workflow configuration; the message names the offending key."""
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that fills ``default`` values of the schema into the instance while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema) -> Iterator:
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(path: Iterator[Any]) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        where = f"config key '{key}'" if error.absolute_path else "the config"
+        return f"{where}: unknown key(s) {', '.join(map(repr, extra))}; valid keys: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"config key '{key}': {error.instance!r} is not one of {', '.join(map(repr, error.validator_value))}"
+    return f"config key '{key}': {error.message}"
+
+
+def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Return a validated copy of ``config`` with defaults filled in.
+
+    Raises :class:`ConfigError` naming every bad key (schema violations first, then the checks
+    a schema cannot express: fractions summing to 1, a reference among the modalities, input
+    paths that exist).
+    """
+    schema = yaml.safe_load(schema_path.read_text())
+    cfg = copy.deepcopy(dict(config))
+    errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
+    problems = list(_semantic_problems(cfg))
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def _semantic_problems(cfg: dict[str, Any]) -> Iterator[str]:
+    fractions = cfg["split"]["fractions"]
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        yield f"config key 'split.fractions': {fractions} must sum to 1 (sums to {sum(fractions):g})"
+    reference = cfg["preprocess"]["reference"]
+    if reference is not None and reference not in cfg["modalities"]:
+        yield f"config key 'preprocess.reference': {reference!r} is not one of modalities {cfg['modalities']}"
+    lo, hi = cfg["preprocess"]["ct_window"]
+    if lo >= hi:
+        yield f"config key 'preprocess.ct_window': lower bound {lo} must be below upper bound {hi}"
+    lo, hi = cfg["preprocess"]["mr_percentiles"]
+    if lo >= hi:
+        yield f"config key 'preprocess.mr_percentiles': {lo} must be below {hi}"
+    for key in ("dicom_root", "bids_root", "manifest"):
+        if key in cfg["data"] and not Path(cfg["data"][key]).exists():
+            yield f"config key 'data.{key}': {cfg['data'][key]} does not exist"
+
+
+def load_config(path: Path | str) -> dict[str, Any]:
+    """Read a YAML config file and validate it (see :func:`validate_config`)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    return validate_config(raw)

@@ -1,0 +1,17 @@
+# The embedded demo data: one job per phantom subject (each subject depends only on seed + index).
+
+rule phantom:
+    output:
+        dicom=directory(f"{RESULTS}/phantom/dicom/{{subject}}"),
+        labels=f"{RESULTS}/phantom/nifti/{{subject}}/labels.nii.gz",
+    params:
+        out=f"{RESULTS}/phantom",
+        cfg=config["data"].get("phantom", {}),
+    log:
+        f"{RESULTS}/logs/phantom/{{subject}}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "medgen phantom --out {params.out} --subjects {params.cfg[subjects]} --seed {params.cfg[seed]}"
+        " --spacing {params.cfg[spacing_mm]} --only {wildcards.subject} > {log} 2>&1"

@@ -1,0 +1,37 @@
+# Reorient, resample, mask and normalise each subject onto one grid shared by its modalities.
+
+def _preprocess_inputs(wc):
+    inputs = {m: f"{RESULTS}/nifti/{wc.subject}/{m}.nii.gz" for m in MODALITIES}
+    if USE_PHANTOM:
+        inputs["labels"] = f"{RESULTS}/phantom/nifti/{wc.subject}/labels.nii.gz"
+    return inputs
+
+
+rule preprocess:
+    input:
+        unpack(_preprocess_inputs),
+    output:
+        images=expand(f"{RESULTS}/prep/{{{{subject}}}}/{{modality}}.nii.gz", modality=MODALITIES),
+        mask=f"{RESULTS}/prep/{{subject}}/mask.nii.gz",
+        mapping=f"{RESULTS}/prep/{{subject}}/normalisation.json",
+        labels=[f"{RESULTS}/prep/{{subject}}/labels.nii.gz"] if USE_PHANTOM else [],
+    params:
+        indir=lambda wc: f"{RESULTS}/nifti/{wc.subject}",
+        outdir=lambda wc: f"{RESULTS}/prep/{wc.subject}",
+        p=config["preprocess"],
+        modalities=" ".join(MODALITIES),
+        labels=lambda wc, input: f"--labels {input.labels}" if "labels" in input.keys() else "",
+        reference=lambda wc: f"--reference {config['preprocess']['reference']}" if config["preprocess"]["reference"] else "",
+        register="--register" if config["preprocess"]["register"] else "",
+    log:
+        f"{RESULTS}/logs/preprocess/{{subject}}.log",
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    shell:
+        "medgen preprocess --input-dir {params.indir} --modalities {params.modalities} --out {params.outdir}"
+        " --spacing {params.p[spacing][0]} {params.p[spacing][1]} {params.p[spacing][2]}"
+        " --size {params.p[size][0]} {params.p[size][1]} {params.p[size][2]}"
+        " --mr-norm {params.p[mr_norm]} --mr-percentiles {params.p[mr_percentiles][0]} {params.p[mr_percentiles][1]}"
+        " --ct-window {params.p[ct_window][0]} {params.p[ct_window][1]}"
+        " {params.reference} {params.register} {params.labels} > {log} 2>&1"

@@ -1,0 +1,18 @@
+# Subject-level train/val/test split, written once for the whole study.
+
+rule split:
+    input:
+        expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
+    output:
+        f"{RESULTS}/splits.json",
+    params:
+        subjects=" ".join(SUBJECTS),
+        s=config["split"],
+    log:
+        f"{RESULTS}/logs/split.log",
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "medgen split --subjects {params.subjects} --out {output} --seed {params.s[seed]}"
+        " --fractions {params.s[fractions][0]} {params.s[fractions][1]} {params.s[fractions][2]} > {log} 2>&1"

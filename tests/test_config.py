@@ -1,0 +1,90 @@
+"""Workflow configuration: defaults from the schema, errors that name the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_config, validate_config
+from pipeline.subjects import ingest_inputs, subjects_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_config_is_valid_and_complete():
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    assert cfg["data"]["phantom"]["subjects"] == 20
+    assert cfg["ingest"]["on_tilt"] == "refuse"  # filled from the schema
+    assert cfg["preprocess"]["register"] is False
+    assert subjects_of(cfg)[:2] == ["sub-001", "sub-002"]
+
+
+def test_defaults_fill_a_minimal_config():
+    cfg = validate_config({"data": {"phantom": {}}, "modalities": ["T1w"]})
+    assert cfg["results"] == "results"
+    assert cfg["data"]["phantom"] == {"subjects": 20, "seed": 0, "spacing_mm": 2.0}
+    assert cfg["split"]["fractions"] == [0.7, 0.15, 0.15]
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"preprocess": {"spacng": [1, 1, 1]}}, r"config key 'preprocess': unknown key\(s\) 'spacng'; valid keys: .*spacing"),
+        ({"preprocess": {"mr_norm": "minmax"}}, r"config key 'preprocess.mr_norm': 'minmax' is not one of 'percentile', 'zscore'"),
+        ({"preprocess": {"spacing": [1, 1]}}, r"config key 'preprocess.spacing'"),
+        ({"split": {"fractions": [0.5, 0.2, 0.2]}}, r"config key 'split.fractions'.*must sum to 1"),
+        ({"preprocess": {"reference": "PET"}}, r"config key 'preprocess.reference': 'PET' is not one of modalities"),
+        ({"modalities": ["T1 w"]}, r"config key 'modalities.0'"),
+        ({"data": {"phantom": {}, "manifest": "x.tsv"}}, r"config key 'data'"),
+        ({"data": {"bids_root": "/nonexistent/bids"}}, r"config key 'data.bids_root': /nonexistent/bids does not exist"),
+        ({"modle": "cyclegan"}, r"the config: unknown key\(s\) 'modle'"),
+    ],
+)
+def test_bad_config_names_the_key(patch, message):
+    cfg = {"data": {"phantom": {"subjects": 4}}, "modalities": ["T1w", "CT"]}
+    cfg.update(patch)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="c.yaml: not valid YAML"):
+        load_config(bad)
+
+
+def test_subject_discovery_per_source(tmp_path):
+    (tmp_path / "dicom" / "patA").mkdir(parents=True)
+    (tmp_path / "dicom" / "patB").mkdir()
+    cfg = validate_config({"data": {"dicom_root": str(tmp_path / "dicom")}, "modalities": ["CT"]})
+    assert subjects_of(cfg) == ["patA", "patB"]
+    assert ingest_inputs(cfg, "patB") == [str(tmp_path / "dicom" / "patB")]
+
+    anat = tmp_path / "bids" / "sub-01" / "ses-1" / "anat"
+    anat.mkdir(parents=True)
+    (anat / "sub-01_ses-1_T1w.nii.gz").write_bytes(b"")
+    cfg = validate_config({"data": {"bids_root": str(tmp_path / "bids")}, "modalities": ["T1w"]})
+    assert subjects_of(cfg) == ["sub-01"]
+    assert ingest_inputs(cfg, "sub-01") == [str(anat / "sub-01_ses-1_T1w.nii.gz")]
+
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("subject\tmodality\tpath\nS2\tCT\ta.nii.gz\nS1\tCT\tb.nii.gz\nS1\tT1w\tc.nii.gz\n")
+    cfg = validate_config({"data": {"manifest": str(manifest)}, "modalities": ["CT"]})
+    assert subjects_of(cfg) == ["S1", "S2"]
+
+
+def test_manifest_with_missing_column_is_refused(tmp_path):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("subject\tpath\nS1\ta.nii.gz\n")
+    cfg = validate_config({"data": {"manifest": str(manifest)}, "modalities": ["CT"]})
+    with pytest.raises(ValueError, match="m.tsv: manifest lacks column.*modality"):
+        subjects_of(cfg)
+
+
+def test_schema_is_valid_yaml_with_defaults_for_every_optional_section():
+    schema = yaml.safe_load((ROOT / "configs" / "config.schema.yaml").read_text())
+    for section in ("ingest", "preprocess", "split"):
+        assert schema["properties"][section]["default"] == {}
