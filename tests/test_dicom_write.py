@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
@@ -81,8 +82,13 @@ def test_files_are_real_dicom_with_identity(ct_series) -> None:
         assert ds.InstanceNumber == k + 1
         assert ds.PixelRepresentation == 1 and ds.Rows == SHAPE[1] and ds.Columns == SHAPE[0]
         sop_uids.add(ds.SOPInstanceUID)
+        # byte-identical to what pydicom's own writer makes of the same data set (tag order, meta group)
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        assert buffer.getvalue() == path.read_bytes()
         # pixel[r, c] = volume[c, r, k] after rescale
-        np.testing.assert_array_equal(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept), vol[:, :, k].T)
+        values = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(values, vol[:, :, k].T)
     assert len(sop_uids) == SHAPE[2]
     ident = PatientIdentity()
     assert str(ds.PatientName) == ident.name and ds.PatientID == ident.patient_id

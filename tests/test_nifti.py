@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medgen.io import atomic, nifti
 from medgen.io.nifti import NiftiError, load_nifti, save_nifti
 
 OBLIQUE = np.array(
@@ -129,12 +130,17 @@ def test_oblique_affine_survives_in_sform_and_qform(tmp_path):
 
 
 def test_no_partial_file_left_on_failure(tmp_path, monkeypatch):
-    def failing_save(img, filename):
-        with open(filename, "wb") as fh:
-            fh.write(b"half a file")
-        raise OSError("disk full")
+    real_write = atomic.atomic_write_bytes
 
-    monkeypatch.setattr(nib, "save", failing_save)
+    def failing_write(path, data):
+        # the real atomic writer, failing after half the bytes are on disk
+        def boom(*_):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(atomic.os, "replace", boom)
+        return real_write(path, data[: len(data) // 2])
+
+    monkeypatch.setattr(nifti, "atomic_write_bytes", failing_write)
     with pytest.raises(OSError, match="disk full"):
         save_nifti(tmp_path / "x.nii.gz", np.zeros((2, 2, 2)), np.eye(4))
     assert list(tmp_path.iterdir()) == []

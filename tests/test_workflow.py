@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
+from medgen.data.splits import read_split
+
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 
@@ -87,7 +89,7 @@ def test_real_run_on_a_small_phantom(tmp_path):
     res = _snakemake(tmp_path, config, "--cores", "2")
     assert res.returncode == 0, res.stderr[-4000:]
     results = tmp_path / "results"
-    split = json.loads((results / "splits.json").read_text())
+    split = read_split(results / "splits.json")
     assigned = [s for key in ("train", "val", "test") for s in split[key]]
     assert sorted(assigned) == ["sub-001", "sub-002", "sub-003", "sub-004"]
     for subject in assigned:

@@ -25,7 +25,7 @@ import copy
 import hashlib
 import hmac
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -62,6 +62,9 @@ REMOVED_KEYWORDS: tuple[str, ...] = (
     "OriginalAttributesSequence", "ModifiedAttributesSequence", "EncryptedAttributesSequence",
     "DigitalSignaturesSequence", "MACParametersSequence", "DerivationDescription",
 )
+
+#: Annex E "Z" attributes that dicognito keeps: type 2, so emptied rather than removed.
+EMPTIED_KEYWORDS: tuple[str, ...] = ("PatientSex",)
 
 #: Descriptions typed at the scanner: often harmless, sometimes a name or a date. Removed unless
 #: the caller asks to keep them.
@@ -123,7 +126,7 @@ class _ConsistentUIDs:
             element.value = pseudonymise_uid(element.value, self._salt)
         return True
 
-    def describe_actions(self):  # noqa: ANN201 - dicognito's protocol
+    def describe_actions(self) -> Iterator[str]:
         yield "Replace all UI elements with keyed-hash UIDs (medgen pseudonymise_uid)"
 
 
@@ -167,8 +170,10 @@ def deidentify_dataset(ds: Dataset, salt: str, *, keep_descriptions: bool = Fals
 
     Names, IDs, addresses and institution are replaced by dicognito (consistent per salt and
     patient), dates are shifted by a per-patient offset, UIDs become :func:`pseudonymise_uid`,
-    private tags, overlays and :data:`REMOVED_KEYWORDS` are removed, and so are
-    :data:`DESCRIPTION_KEYWORDS` unless ``keep_descriptions``. Pixels are not inspected: a
+    private tags, overlays and :data:`REMOVED_KEYWORDS` are removed, :data:`EMPTIED_KEYWORDS`
+    emptied, and so are
+    :data:`DESCRIPTION_KEYWORDS` unless ``keep_descriptions`` (which also keeps the contrast
+    agent's name; otherwise it becomes "PRESENT"). Pixels are not inspected: a
     ``BurnedInAnnotation`` of YES is logged as a warning (see :func:`has_burned_in_annotation`).
     """
     from dicognito.anonymizer import Anonymizer
@@ -180,6 +185,12 @@ def deidentify_dataset(ds: Dataset, salt: str, *, keep_descriptions: bool = Fals
     out.remove_private_tags()
     _remove_drawings(out)
     _remove_keywords(out, set(REMOVED_KEYWORDS) | (set() if keep_descriptions else set(DESCRIPTION_KEYWORDS)))
+    for keyword in EMPTIED_KEYWORDS:
+        if keyword in out:
+            out[keyword].value = ""
+    if not keep_descriptions and out.get("ContrastBolusAgent"):
+        # Free text typed at the scanner; a dummy value keeps "contrast was given" (Annex E action D).
+        out.ContrastBolusAgent = "PRESENT"
     anonymizer = Anonymizer(seed=_anonymizer_seed(ds, salt))
     anonymizer.add_element_handler(_ConsistentUIDs(salt))
     anonymizer.anonymize(out)
