@@ -1,0 +1,70 @@
+"""What every generative model offers the one training engine.
+
+A model owns its networks, its losses and the order of its updates (a GAN alternates D and G,
+a flow takes one likelihood step); the engine owns everything around them: device, mixed
+precision, data-parallel wrapping, checkpoints, resume, logging and the non-finite-loss guard.
+The engine hands each step a :class:`StepContext`; a model never calls ``loss.backward()`` or
+``optimizer.step()`` itself, so that AMP scaling and the guard apply to every update.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Mapping, Protocol
+
+import torch
+from torch import nn
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN/inf; the message names the training step and the term."""
+
+    def __init__(self, step: int, term: str, value: float) -> None:
+        super().__init__(f"non-finite loss at step {step}: term '{term}' = {value}; training stopped, no checkpoint written for this step")
+        self.step, self.term, self.value = step, term, value
+
+
+class StepContext(Protocol):
+    """Provided by the engine to :meth:`GenerativeModel.training_step`."""
+
+    step: int
+    device: torch.device
+
+    def autocast(self) -> Any:
+        """Context manager for the forward pass (mixed precision on CUDA when enabled)."""
+
+    def backward_and_step(self, term: str, loss: torch.Tensor, optimizer_name: str) -> float:
+        """Check ``loss`` is finite (else raise :class:`NonFiniteLossError` naming ``term``),
+        zero the optimizer's gradients, backpropagate (AMP-scaled), clip if configured, step
+        the optimizer and return the loss as a float."""
+
+
+class GenerativeModel(nn.Module, abc.ABC):
+    """Base class of every model in the registry (Glow, GAN, cGAN, CycleGAN, ...).
+
+    Subclasses keep every network as a submodule, so ``state_dict()`` holds them all, and name
+    their optimizers in :meth:`configure_optimizers`.
+    """
+
+    #: keys of the batch dict the model reads (e.g. ``("image",)`` or ``("image", "label")``)
+    batch_keys: tuple[str, ...] = ("image",)
+
+    @abc.abstractmethod
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Named optimizers, e.g. ``{"g": Adam(...), "d": Adam(...)}``."""
+
+    def configure_schedulers(self, optimizers: Mapping[str, torch.optim.Optimizer], max_steps: int) -> dict[str, Any]:
+        """Named LR schedulers stepped once per training step (default: none)."""
+        return {}
+
+    @abc.abstractmethod
+    def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+        """One optimisation step on ``batch``; returns the named loss values for logging."""
+
+    @torch.no_grad()
+    def sample(self, n: int, *, labels: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """``n`` images (N, C, *spatial) in the normalised data range; generative models override."""
+        raise NotImplementedError(f"{type(self).__name__} does not sample unconditionally")
+
+    def initialize_from_batch(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Data-dependent initialisation before the first step (e.g. Glow's ActNorm); default none."""

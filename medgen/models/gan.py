@@ -1,0 +1,341 @@
+"""DCGAN (Radford, Metz & Chintala 2016, arXiv:1511.06434) for 2D and 3D images in [-1, 1].
+
+Generator: z (latent_dim) -> linear -> (ngf·8, 4, 4[, 4]) -> ``log2(image_size / 4)`` blocks of
+2x upsampling (transposed conv k4 s2, or nearest upsampling + conv k3) + batch norm + ReLU, each
+followed by ``residual_blocks`` residual blocks -> conv k3 -> tanh.
+Discriminator (``discriminator: dcgan``): strided conv k4 s2 blocks (no pooling) + batch norm
+(not on the first block) or spectral norm (Miyato et al. 2018) + leaky ReLU, down to 4x4[x4],
+flattened to features ``φ(x)`` and one linear logit. ``discriminator: patch`` uses MONAI's
+``PatchDiscriminator`` (one logit per patch).
+
+Losses, each a config option (Goodfellow et al. 2014; Mao et al. 2017; Lim & Ye 2017):
+
+* ``adversarial_loss: bce`` (default). D minimises ``-log σ(D(x)) - log(1 - σ(D(G(z))))``, with
+  one-sided label smoothing (Salimans et al. 2016) replacing the real target 1 by
+  ``1 - label_smoothing``. G minimises either ``log(1 - σ(D(G(z))))`` (``g_loss: minimax``, the
+  original game) or ``-log σ(D(G(z)))`` (``g_loss: non_saturating``, default): at
+  ``σ(D) ≈ 0`` (fakes confidently rejected) the minimax gradient w.r.t. the logit is ``-σ(D)``
+  ≈ 0 while the non-saturating one is ``-(1 - σ(D))`` ≈ -1. Written with ``softplus`` on the
+  logits rather than MONAI's sigmoid + ``BCELoss``, which clamps at saturation, cannot express
+  the minimax form, and is refused by CUDA autocast.
+* ``adversarial_loss: least_squares | hinge``: MONAI's ``PatchAdversarialLoss`` (least squares
+  without its leaky-ReLU output activation; hinge as MONAI defines it, on ``tanh`` of the logit).
+
+All loss terms are computed in float32 outside the autocast region. Adam (lr 2e-4, betas
+(0.5, 0.999)) and N(0, 0.02) weight init as in DCGAN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from monai.losses import PatchAdversarialLoss
+from monai.networks.nets import PatchDiscriminator
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from medgen.models.base import GenerativeModel, StepContext
+
+G_LOSSES = ("non_saturating", "minimax")
+ADVERSARIAL_LOSSES = ("bce", "least_squares", "hinge")
+DISCRIMINATORS = ("dcgan", "patch")
+UPSAMPLING = ("transpose", "nearest")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclass
+class DCGANConfig:
+    """Options of :class:`DCGAN` (filled from the YAML ``model:`` section)."""
+
+    spatial_dims: int = 2
+    image_size: int = 64  # power of two, >= 8
+    in_channels: int = 1
+    latent_dim: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    residual_blocks: int = 0  # per generator resolution
+    upsample: str = "transpose"  # transpose | nearest (upsample + conv, avoids checkerboards)
+    batch_norm: bool = True
+    spectral_norm: bool = False  # discriminator: spectral norm instead of batch norm
+    leaky_slope: float = 0.2
+    discriminator: str = "dcgan"  # dcgan | patch
+    patch_layers: int = 3  # layers of the MONAI PatchDiscriminator
+    adversarial_loss: str = "bce"  # bce | least_squares | hinge
+    g_loss: str = "non_saturating"  # non_saturating | minimax (bce only)
+    label_smoothing: float = 0.0  # one-sided: real target = 1 - label_smoothing
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.image_size < 8 or self.image_size & (self.image_size - 1):
+            raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
+        _choice("g_loss", self.g_loss, G_LOSSES)
+        _choice("adversarial_loss", self.adversarial_loss, ADVERSARIAL_LOSSES)
+        _choice("discriminator", self.discriminator, DISCRIMINATORS)
+        _choice("upsample", self.upsample, UPSAMPLING)
+        if self.g_loss == "minimax" and self.adversarial_loss != "bce":
+            raise ValueError("g_loss 'minimax' is defined for adversarial_loss 'bce' only")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.adversarial_loss == "hinge":
+            raise ValueError("label_smoothing does not apply to adversarial_loss 'hinge'")
+        if self.discriminator == "patch" and self.image_size < 4 * 2**self.patch_layers:
+            raise ValueError(f"image_size {self.image_size} is too small for patch_layers {self.patch_layers}: needs >= 4·2**patch_layers")
+        if self.residual_blocks < 0:
+            raise ValueError("residual_blocks must be >= 0")
+        self.betas = tuple(self.betas)  # YAML gives a list
+
+
+# -- building blocks ---------------------------------------------------------------------------
+def _conv(d: int) -> type[nn.Module]:
+    return nn.Conv2d if d == 2 else nn.Conv3d
+
+
+def _conv_transpose(d: int) -> type[nn.Module]:
+    return nn.ConvTranspose2d if d == 2 else nn.ConvTranspose3d
+
+
+def _norm(d: int, channels: int, enabled: bool) -> nn.Module:
+    if not enabled:
+        return nn.Identity()
+    return nn.BatchNorm2d(channels) if d == 2 else nn.BatchNorm3d(channels)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv3(relu(bn(conv3(relu(bn(x)))))) (pre-activation, He et al. 2016)."""
+
+    def __init__(self, channels: int, spatial_dims: int, batch_norm: bool) -> None:
+        super().__init__()
+        conv = _conv(spatial_dims)
+        self.body = nn.Sequential(
+            _norm(spatial_dims, channels, batch_norm),
+            nn.ReLU(),
+            conv(channels, channels, 3, padding=1, bias=not batch_norm),
+            _norm(spatial_dims, channels, batch_norm),
+            nn.ReLU(),
+            conv(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _upsample_block(c_in: int, c_out: int, cfg: DCGANConfig) -> nn.Sequential:
+    d = cfg.spatial_dims
+    if cfg.upsample == "transpose":
+        up = [_conv_transpose(d)(c_in, c_out, 4, stride=2, padding=1, bias=not cfg.batch_norm)]
+    else:
+        up = [nn.Upsample(scale_factor=2, mode="nearest"), _conv(d)(c_in, c_out, 3, padding=1, bias=not cfg.batch_norm)]
+    return nn.Sequential(*up, _norm(d, c_out, cfg.batch_norm), nn.ReLU())
+
+
+class Generator(nn.Module):
+    """(N, in_features) -> (N, C, S, S[, S]) in (-1, 1)."""
+
+    def __init__(self, cfg: DCGANConfig, in_features: int) -> None:
+        super().__init__()
+        d = cfg.spatial_dims
+        n_up = int(math.log2(cfg.image_size)) - 2
+        channels = [cfg.ngf * 2 ** max(3 - i, 0) for i in range(n_up + 1)]
+        self.base_shape = (channels[0], *([4] * d))
+        self.project = nn.Linear(in_features, math.prod(self.base_shape), bias=not cfg.batch_norm)
+        self.project_act = nn.Sequential(_norm(d, channels[0], cfg.batch_norm), nn.ReLU())
+        blocks: list[nn.Module] = []
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            blocks.append(_upsample_block(c_in, c_out, cfg))
+            blocks.extend(ResidualBlock(c_out, d, cfg.batch_norm) for _ in range(cfg.residual_blocks))
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Sequential(_conv(d)(channels[-1], cfg.in_channels, 3, padding=1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.project(z).view(z.shape[0], *self.base_shape)
+        return self.out(self.blocks(self.project_act(h)))
+
+
+class DCGANDiscriminator(nn.Module):
+    """(N, C, S, S[, S]) -> logit (N, 1); ``features(x)`` gives the flattened φ(x) (N, F)."""
+
+    def __init__(self, cfg: DCGANConfig) -> None:
+        super().__init__()
+        d = cfg.spatial_dims
+        use_bn = cfg.batch_norm and not cfg.spectral_norm
+        sn = _spectral_norm if cfg.spectral_norm else (lambda m: m)
+        n_down = int(math.log2(cfg.image_size)) - 2
+        layers: list[nn.Module] = []
+        c_in, c_out = cfg.in_channels, cfg.ndf
+        for i in range(n_down):
+            norm = use_bn and i > 0  # DCGAN: no batch norm on the first layer
+            layers += [
+                sn(_conv(d)(c_in, c_out, 4, stride=2, padding=1, bias=not norm)),
+                _norm(d, c_out, norm),
+                nn.LeakyReLU(cfg.leaky_slope),
+            ]
+            c_in, c_out = c_out, min(2 * c_out, 8 * cfg.ndf)
+        self.body = nn.Sequential(*layers)
+        self.n_features = c_in * 4**d
+        self.head = sn(nn.Linear(self.n_features, 1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class PatchLogits(nn.Module):
+    """MONAI ``PatchDiscriminator`` returning only its last output, logits (N, 1, *patches)."""
+
+    def __init__(self, cfg: DCGANConfig) -> None:
+        super().__init__()
+        self.net = PatchDiscriminator(
+            spatial_dims=cfg.spatial_dims,
+            channels=cfg.ndf,
+            in_channels=cfg.in_channels,
+            num_layers_d=cfg.patch_layers,
+            activation=("LEAKYRELU", {"negative_slope": cfg.leaky_slope}),
+            norm="BATCH" if cfg.batch_norm else "INSTANCE",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[-1]
+
+
+def dcgan_init(module: nn.Module, std: float = 0.02) -> None:
+    """Conv/linear weights ~ N(0, std), batch-norm scales ~ N(1, std), biases 0 (DCGAN §4)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)):
+            weight = m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
+            nn.init.normal_(weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and m.affine:
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+
+
+# -- losses ------------------------------------------------------------------------------------
+def bce_with_logits(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """mean[-t log σ(l) - (1 - t) log(1 - σ(l))] = mean[softplus(l) - t·l]."""
+    return (F.softplus(logits) - target * logits).mean()
+
+
+def generator_bce_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Minimax: minimise mean log(1 - σ(l)) = -softplus(l); non-saturating: -log σ(l) = softplus(-l)."""
+    if kind == "minimax":
+        return -F.softplus(fake_logits).mean()
+    return F.softplus(-fake_logits).mean()
+
+
+class DCGAN(GenerativeModel):
+    """Unconditional DCGAN; ``generator`` and ``discriminator`` are the two submodules,
+    optimised by the optimizers ``"g"`` and ``"d"``."""
+
+    batch_keys = ("image",)
+    config_class = DCGANConfig
+
+    def __init__(self, config: DCGANConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or self.config_class()
+        self.generator = self._build_generator(cfg)
+        self.discriminator = self._build_discriminator(cfg)
+        dcgan_init(self.generator, cfg.init_std)
+        dcgan_init(self.discriminator, cfg.init_std)
+        if cfg.adversarial_loss != "bce":
+            ls = cfg.adversarial_loss == "least_squares"
+            self.adv_loss_g = PatchAdversarialLoss(criterion=cfg.adversarial_loss, no_activation_leastsq=ls)
+            self.adv_loss_d = PatchAdversarialLoss(criterion=cfg.adversarial_loss, no_activation_leastsq=ls)
+            self.adv_loss_d.real_label = 1.0 - cfg.label_smoothing  # one-sided, D only
+
+    # -- overridden by the conditional GAN -------------------------------------------------
+    def _build_generator(self, cfg: DCGANConfig) -> nn.Module:
+        return Generator(cfg, cfg.latent_dim)
+
+    def _build_discriminator(self, cfg: DCGANConfig) -> nn.Module:
+        return PatchLogits(cfg) if cfg.discriminator == "patch" else DCGANDiscriminator(cfg)
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z (N, latent_dim) -> images (N, C, *spatial)."""
+        return self.generator(z)
+
+    def discriminate(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images -> logits (N, 1) (dcgan) or (N, 1, *patches) (patch)."""
+        return self.discriminator(x)
+
+    def _labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        return None
+
+    # -- losses ----------------------------------------------------------------------------
+    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        real_logits, fake_logits = real_logits.float(), fake_logits.float()
+        if self.config.adversarial_loss == "bce":
+            return bce_with_logits(real_logits, 1.0 - self.config.label_smoothing) + bce_with_logits(fake_logits, 0.0)
+        return self.adv_loss_d(real_logits, target_is_real=True, for_discriminator=True) + self.adv_loss_d(
+            fake_logits, target_is_real=False, for_discriminator=True
+        )
+
+    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        fake_logits = fake_logits.float()
+        if self.config.adversarial_loss == "bce":
+            return generator_bce_loss(fake_logits, self.config.g_loss)
+        return self.adv_loss_g(fake_logits, target_is_real=True, for_discriminator=False)
+
+    def _score(self, logits: torch.Tensor) -> float:
+        """Logged D output: mean probability for bce, mean raw score otherwise."""
+        logits = logits.detach().float()
+        return float(torch.sigmoid(logits).mean() if self.config.adversarial_loss == "bce" else logits.mean())
+
+    # -- engine interface ------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        return {
+            "g": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=cfg.betas),
+            "d": torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas),
+        }
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+        """One D update on (real, G(z).detach()), then one G update through the updated D."""
+        real = batch["image"]
+        labels = self._labels(batch)
+        z = torch.randn(real.shape[0], self.config.latent_dim, device=real.device)
+        with ctx.autocast():
+            fake = self.generate(z, labels)
+            real_logits = self.discriminate(real, labels)
+            fake_logits = self.discriminate(fake.detach(), labels)
+        d_loss = ctx.backward_and_step("d_loss", self.discriminator_loss(real_logits, fake_logits), "d")
+        with ctx.autocast():
+            g_logits = self.discriminate(fake, labels)
+        g_loss = ctx.backward_and_step("g_loss", self.generator_loss(g_logits), "g")
+        return {"d_loss": d_loss, "g_loss": g_loss, "d_real": self._score(real_logits), "d_fake": self._score(fake_logits)}
+
+    def _latents(self, n: int, temperature: float) -> torch.Tensor:
+        device = next(self.generator.parameters()).device
+        return temperature * torch.randn(n, self.config.latent_dim, device=device)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, labels: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """``n`` images in [-1, 1], generator in eval mode (batch-norm running statistics);
+        ``temperature`` scales z (truncation-like)."""
+        if labels is not None:
+            raise ValueError("DCGAN is unconditional; labels must be None (use 'cgan')")
+        return self._sample(self._latents(n, temperature), None)
+
+    def _sample(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            return self.generate(z, labels)
+        finally:
+            self.generator.train(was_training)

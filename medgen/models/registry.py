@@ -1,0 +1,50 @@
+"""Name -> model class, and construction from a YAML options dict.
+
+``build_model("gan", spatial_dims=2, image_size=64, in_channels=1)`` fills the model's config
+dataclass (``cls.config_class``) and rejects unknown option names. Translation models
+(cyclegan, cut, pix2pix) are added by adding entries to :data:`MODELS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from medgen.models.base import GenerativeModel
+from medgen.models.cgan import ConditionalGAN
+from medgen.models.gan import DCGAN
+from medgen.models.glow import Glow
+
+MODELS: dict[str, type[GenerativeModel]] = {
+    "glow": Glow,
+    "gan": DCGAN,
+    "cgan": ConditionalGAN,
+}
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The option names of model ``name`` with their defaults."""
+    config_class = _model_class(name).config_class
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory()) for f in dataclasses.fields(config_class)}
+
+
+def _model_class(name: str) -> type[GenerativeModel]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}") from None
+
+
+def build_model(name: str, **options: Any) -> GenerativeModel:
+    """Instantiate model ``name`` from its options.
+
+    Raises ``KeyError`` (listing the valid names) for an unknown model, ``TypeError`` naming an
+    unknown option and listing the valid ones, and ``ValueError`` for an invalid value.
+    """
+    cls = _model_class(name)
+    config_class = cls.config_class
+    valid = [f.name for f in dataclasses.fields(config_class)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; valid options: {', '.join(valid)}")
+    return cls(config_class(**options))

@@ -1,0 +1,403 @@
+"""The one training engine used by every model: :class:`Trainer` and :class:`TrainConfig`.
+
+The model (a :class:`~medgen.models.base.GenerativeModel`) owns its losses and update order; the
+engine owns device placement, mixed precision, data order, data-parallel training, checkpoints
+with exact resume, EMA, logging and the non-finite-loss guard.
+
+Exact resume: a checkpoint holds the model, every optimizer, scheduler and loss scaler, the EMA,
+every rank's RNG states, the step, the epoch and the number of batches of that epoch already
+consumed. The data order is a function of (seed, epoch) only (:mod:`medgen.train.sampler`) and
+the DataLoader's worker seeds come from its own generator reseeded per (seed, epoch, rank), so
+that a resumed run draws the same batches and the same random numbers as an uninterrupted one.
+Sample grids are drawn under a forked RNG so logging never shifts the training's random stream.
+(With ``num_workers > 0``, random augmentations inside the dataset are reproducible per epoch
+but not across a mid-epoch resume, because the skipped batches are not loaded.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from medgen.models.base import GenerativeModel
+from medgen.train import checkpoint as ckpt
+from medgen.train import distributed as ddp
+from medgen.train.ema import EMA
+from medgen.train.logging import ProgressBar, RunLogger
+from medgen.train.sampler import EpochSampler
+from medgen.train.step import EngineStepContext, amp_dtype_for, make_scalers
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COUNT = 16
+
+
+@dataclass
+class TrainConfig:
+    """Engine settings (model and data settings live in the config snapshot)."""
+
+    out_dir: Path
+    max_steps: int
+    batch_size: int = 16  # per rank
+    seed: int = 0
+    device: str = "auto"  # auto -> cuda (cuda:<LOCAL_RANK> under torchrun) if available, else cpu
+    amp: bool = True  # only takes effect on CUDA: bf16 autocast, or fp16 autocast + GradScaler
+    compile: bool = False  # torch.compile each of the model's networks in place
+    ckpt_every: int = 100  # steps; a checkpoint is also written at max_steps
+    log_every: int = 10  # steps between scalar log points (losses averaged over the interval)
+    image_every: int = 200  # steps between sample grids (0 disables); also at max_steps
+    ema_decay: float | None = 0.999  # EMA of the parameters, used for sampling and model.pt
+    grad_clip: float | None = None  # max global grad norm per optimizer step
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        for name in ("max_steps", "batch_size", "ckpt_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class Trainer:
+    """Trains ``model`` on ``dataset`` (items are dicts of tensors/numbers) as set by ``cfg``.
+
+    Under ``torchrun`` every rank builds its own Trainer; see :mod:`medgen.train.distributed`
+    for how the ranks are kept in step. Only rank 0 writes files.
+    """
+
+    def __init__(self, model: GenerativeModel, dataset: Dataset, cfg: TrainConfig, *, config_snapshot: dict | None = None) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out_dir)
+        self.env = ddp.env_from_environment()
+        self.device = ddp.resolve_device(cfg.device, self.env)
+        self.model = model.to(self.device)
+        if cfg.compile:
+            compile_networks(self.model)
+        self.optimizers: dict[str, torch.optim.Optimizer] = dict(self.model.configure_optimizers())
+        self.schedulers: dict[str, Any] = dict(self.model.configure_schedulers(self.optimizers, cfg.max_steps))
+        self.amp_dtype = amp_dtype_for(self.device, cfg.amp)
+        self.scalers = make_scalers(list(self.optimizers), self.device, self.amp_dtype)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self.ctx = EngineStepContext(
+            self.optimizers, self.scalers, device=self.device, amp_dtype=self.amp_dtype, grad_clip=cfg.grad_clip, env=self.env
+        )
+        self.sampler = EpochSampler(len(dataset), seed=cfg.seed, num_replicas=self.env.world_size, rank=self.env.rank)
+        self.drop_last = self.sampler.samples_per_replica >= cfg.batch_size  # else one short batch per epoch
+        self._loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.num_workers,
+            drop_last=self.drop_last,
+            pin_memory=self.device.type == "cuda",
+            generator=self._loader_generator,  # keeps iter(loader) from drawing on the global RNG
+        )
+        self.config_snapshot = ckpt.plain(config_snapshot or {})
+        self.step = 0  # completed optimisation steps
+        self.epoch = 0
+        self.batches_in_epoch = 0  # batches of `epoch` already consumed
+        self._can_sample = True
+        self._owns_process_group = False
+
+    # ------------------------------------------------------------------------------- properties
+    @property
+    def steps_per_epoch(self) -> int:
+        per_rank = self.sampler.samples_per_replica
+        return per_rank // self.cfg.batch_size if self.drop_last else math.ceil(per_rank / self.cfg.batch_size)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / ckpt.CHECKPOINT_NAME
+
+    # ---------------------------------------------------------------------------------- fitting
+    def fit(self, resume: bool = True) -> dict:
+        """Train until ``cfg.max_steps``; resume from ``out_dir/checkpoint.pt`` if present and ``resume``.
+
+        Returns the last logged scalars (``loss/<term>``, ``lr/<optimizer>``, ``images_per_s``)
+        with ``step`` and ``epoch``. Raises :class:`~medgen.models.base.NonFiniteLossError` on a
+        NaN/inf loss, leaving the last good checkpoint in place.
+        """
+        self._owns_process_group = ddp.init_process_group(self.env, self.device)
+        try:
+            resumed = self._start(resume)
+            logger = RunLogger(self.out_dir, enabled=self.env.is_main, resume_step=self.step if resumed else None)
+            bar = ProgressBar(self.cfg.max_steps, self.step, enabled=self.env.is_main)
+            try:
+                metrics = self._loop(logger, bar, fresh=not resumed)
+            finally:
+                bar.close()
+                logger.close()
+            if self.env.is_main:
+                self.save_final()
+            ddp.barrier(self.env)
+            return metrics
+        finally:
+            if self._owns_process_group:
+                ddp.destroy_process_group()
+                self._owns_process_group = False
+
+    def _start(self, resume: bool) -> bool:
+        """Load the checkpoint (True) or seed a fresh run (False)."""
+        if self.env.is_main:
+            stale_files = [*ckpt.remove_stale_temps(self.checkpoint_path), *ckpt.remove_stale_temps(self.out_dir / ckpt.FINAL_NAME)]
+            for stale in stale_files:
+                log.warning("removed %s left by an interrupted checkpoint write", stale)
+        if resume and self.checkpoint_path.exists():
+            self.load_checkpoint(self.checkpoint_path)
+            log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
+            return True
+        if self.checkpoint_path.exists() and self.env.is_main:
+            log.warning("starting afresh in %s; its checkpoint will be overwritten at step %d", self.out_dir, self.cfg.ckpt_every)
+        self.step = self.epoch = self.batches_in_epoch = 0
+        ckpt.seed_everything(self.cfg.seed + self.env.rank)
+        return False
+
+    def _loop(self, logger: RunLogger, bar: ProgressBar, *, fresh: bool) -> dict:
+        self.model.train()
+        window = _Window()
+        metrics: dict[str, Any] = {}
+        while self.step < self.cfg.max_steps:
+            for batch in self._epoch_batches():
+                if fresh:
+                    self._initialize(batch)
+                    fresh = False
+                losses = self._train_step(batch)
+                window.add(losses, images=_batch_len(batch) * self.env.world_size)
+                bar.update({f"loss/{k}": v for k, v in losses.items()} | {"img/s": window.rate()})
+                self._after_step(logger, window, metrics)
+                if self.step >= self.cfg.max_steps:
+                    break
+        metrics.update(step=self.step, epoch=self.epoch)
+        return metrics
+
+    def _after_step(self, logger: RunLogger, window: "_Window", metrics: dict[str, Any]) -> None:
+        """Log, draw samples and checkpoint as scheduled (checkpoint last: it ends the step)."""
+        final = self.step >= self.cfg.max_steps
+        if self.step % self.cfg.log_every == 0 or final:
+            scalars = self._scalars(window)
+            logger.log_scalars(self.step, scalars, epoch=self.epoch)
+            metrics.clear()
+            metrics.update(scalars)
+            window.reset()
+        t0 = time.perf_counter()
+        if self.cfg.image_every > 0 and (self.step % self.cfg.image_every == 0 or final):
+            self._log_samples(logger)
+        if self.step % self.cfg.ckpt_every == 0 or final:
+            self.save_checkpoint()
+        window.pause(time.perf_counter() - t0)  # images/s measures training, not file writing
+
+    def _initialize(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Data-dependent init on the first batch of a fresh run, then make every rank match rank 0."""
+        with torch.no_grad():
+            self.model.initialize_from_batch(batch)
+        ddp.broadcast_module(self.model, self.env)
+        if self.ema is not None:
+            self.ema.reset(self.model)
+
+    def _train_step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """One model step, then schedulers, buffer sync and EMA; advances the counters."""
+        self.ctx.step = self.step + 1
+        self.ctx.grad_norms.clear()
+        losses = self.model.training_step(batch, self.ctx)
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        ddp.broadcast_module(self.model, self.env, buffers_only=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        self.batches_in_epoch += 1
+        if self.batches_in_epoch >= self.steps_per_epoch:
+            self.epoch += 1
+            self.batches_in_epoch = 0
+        return {k: float(v) for k, v in losses.items()}
+
+    def _epoch_batches(self) -> Iterator[dict[str, Any]]:
+        """The rest of the current epoch's batches, on the device (calls ``dataset.set_epoch`` if it has one)."""
+        self.sampler.set_epoch(self.epoch)
+        set_dataset_epoch = getattr(self.loader.dataset, "set_epoch", None)
+        if callable(set_dataset_epoch):  # e.g. PatchDataset draws new patches per epoch
+            set_dataset_epoch(self.epoch)
+        self.sampler.set_start(self.batches_in_epoch * self.cfg.batch_size)
+        seed = np.random.SeedSequence([self.cfg.seed, self.epoch, self.env.rank]).generate_state(1)[0]
+        self._loader_generator.manual_seed(int(seed))
+        for batch in self.loader:
+            yield _to_device(batch, self.device)
+
+    # ---------------------------------------------------------------------------------- logging
+    def _scalars(self, window: "_Window") -> dict[str, float]:
+        scalars = {f"loss/{k}": v for k, v in window.means().items()}
+        scalars.update({f"lr/{name}": float(opt.param_groups[0]["lr"]) for name, opt in self.optimizers.items()})
+        scalars.update({f"grad_norm/{name}": v for name, v in self.ctx.grad_norms.items()})
+        scalars["images_per_s"] = window.rate()
+        return scalars
+
+    def _log_samples(self, logger: RunLogger) -> None:
+        """Grid of ``model.sample(16)`` with EMA weights, fixed noise, outside the training RNG stream."""
+        if not (self.env.is_main and self._can_sample):
+            return
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.seed)  # the same noise at every step: grids are comparable
+            try:
+                images = self._sample(SAMPLE_COUNT)
+            except NotImplementedError:
+                self._can_sample = False
+                log.info("%s cannot sample unconditionally; no sample grids", type(self.model).__name__)
+                return
+        logger.log_images(self.step, images)
+
+    def _sample(self, n: int) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        swap = self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext()
+        try:
+            with swap, torch.no_grad():
+                return self.model.sample(n)
+        finally:
+            self.model.train(was_training)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: Path | str | None = None) -> Path | None:
+        """Write the full training state (rank 0; every rank must call it: RNG states are gathered)."""
+        rng = ddp.gather_objects(ckpt.capture_rng_state(), self.env)
+        if not self.env.is_main:
+            return None
+        state = {
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batches_in_epoch": self.batches_in_epoch,
+            "world_size": self.env.world_size,
+            "model": self.model.state_dict(),
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
+            "scalers": {k: v.state_dict() for k, v in self.scalers.items()},
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "rng": rng,
+            "config": self.config_snapshot,
+            "train_config": ckpt.plain(self.cfg),
+        }
+        return ckpt.atomic_save(state, path or self.checkpoint_path)
+
+    def load_checkpoint(self, path: Path | str) -> None:
+        """Restore everything :meth:`save_checkpoint` wrote (weights-only load)."""
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+        self.model.load_state_dict(state["model"])
+        _load_named("optimizer", self.optimizers, state["optimizers"], path)
+        _load_named("scheduler", self.schedulers, state["schedulers"], path)
+        _load_named("loss scaler", self.scalers, state["scalers"], path)
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                self.ema.reset(self.model)
+        self.step, self.epoch, self.batches_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batches_in_epoch"])
+        if self.batches_in_epoch >= self.steps_per_epoch:  # e.g. batch size changed
+            self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+        self._restore_rng(state["rng"])
+        if not _same(state.get("config"), self.config_snapshot):
+            log.warning("%s was written with a different config snapshot; continuing with the current one", path)
+
+    def _restore_rng(self, states: list[dict[str, Any]]) -> None:
+        if len(states) == self.env.world_size:
+            ckpt.restore_rng_state(states[self.env.rank])
+            return
+        log.warning("checkpoint has RNG states of %d rank(s), this run has %d: reseeding", len(states), self.env.world_size)
+        ckpt.seed_everything(self.cfg.seed + self.env.rank + 7919 * self.step)
+
+    def save_final(self, path: Path | str | None = None) -> Path:
+        """Write ``out_dir/model.pt``: inference weights (EMA if enabled) + config, atomically."""
+        weights = self.ema.model_state_dict(self.model) if self.ema is not None else self.model.state_dict()
+        state = {
+            "format": ckpt.FINAL_FORMAT,
+            "version": ckpt.VERSION,
+            "step": self.step,
+            "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+            "ema": self.ema is not None,
+            "model": {k: v.detach().cpu() for k, v in weights.items()},
+            "config": self.config_snapshot,
+            "train_config": ckpt.plain(self.cfg),
+        }
+        return ckpt.atomic_save(state, path or self.out_dir / ckpt.FINAL_NAME)
+
+
+# -------------------------------------------------------------------------------------- helpers
+def compile_networks(model: nn.Module) -> None:
+    """``torch.compile`` each direct sub-network in place (``Module.compile`` keeps state_dict keys)."""
+    for child in model.children():
+        if any(True for _ in child.parameters()):
+            child.compile()
+
+
+def _load_named(kind: str, targets: Mapping[str, Any], states: Mapping[str, Any], path: Path | str) -> None:
+    if set(targets) != set(states):
+        raise ckpt.CheckpointError(f"{path}: {kind}s {sorted(states)} do not match this model's {sorted(targets)}")
+    for name, target in targets.items():
+        target.load_state_dict(states[name])
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of config snapshots that tolerates tensors inside (never raises)."""
+    try:
+        return bool(a == b)
+    except (RuntimeError, ValueError):
+        return False
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _batch_len(batch: Mapping[str, Any]) -> int:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim > 0:
+            return int(value.shape[0])
+    return 0
+
+
+class _Window:
+    """Loss sums and image counts since the last log point (for interval means and images/s)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.images = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, losses: Mapping[str, float], *, images: int) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        self.images += images
+
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` spent outside training out of the rate."""
+        self.t0 += seconds
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+    def rate(self) -> float:
+        """Images per second (all ranks) since the window began."""
+        elapsed = time.perf_counter() - self.t0
+        return self.images / elapsed if elapsed > 0 else 0.0
