@@ -372,3 +372,15 @@ def test_raw_reader_matches_pydicom_for_12_bit_signed(tmp_path):
     expected = np.stack([pydicom.dcmread(p).pixel_array.T for p in paths], axis=2) - 1024.0
     np.testing.assert_array_equal(expected, vol)  # pydicom ignores the junk bits
     np.testing.assert_array_equal(loaded.array, expected)
+
+
+def test_hidden_files_in_a_folder_are_not_candidates(tmp_path):
+    from medgen.io.dicom_series import _iter_files
+
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "IM1").write_bytes(b"x")
+    (tmp_path / "series" / ".snakemake_timestamp").write_bytes(b"")
+    (tmp_path / "series" / ".cache").mkdir()
+    (tmp_path / "series" / ".cache" / "IM2").write_bytes(b"x")
+    assert [p.name for p in _iter_files([tmp_path / "series"])] == ["IM1"]
+    assert [p.name for p in _iter_files([tmp_path / "series" / ".snakemake_timestamp"])] == [".snakemake_timestamp"]

@@ -171,12 +171,18 @@ class LoadedSeries:
 
 
 def _iter_files(inputs: Sequence[Path | str]) -> Iterable[Path]:
-    """Every regular file under the inputs (folders recursively), sorted, each once."""
+    """Every regular file under the inputs (folders recursively), sorted, each once.
+
+    Hidden files and folders inside an input folder (``.DS_Store``, workflow timestamps) are
+    not candidates; a hidden file named explicitly is.
+    """
     seen: set[Path] = set()
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            candidates = sorted(p for p in item.rglob("*") if p.is_file())
+            candidates = sorted(
+                p for p in item.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts)
+            )
         elif item.is_file():
             candidates = [item]
         else:
