@@ -7,8 +7,10 @@ Imports of heavy modules happen inside each verb so that ``medgen --help`` stays
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -76,6 +78,63 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from medgen.models.base import NonFiniteLossError
+    from medgen.train.engine import TrainConfig
+    from medgen.train.run import train_task
+
+    cfg = TrainConfig(
+        out_dir=args.out,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        amp=not args.no_amp,
+        compile=args.compile,
+        ckpt_every=args.ckpt_every,
+        log_every=args.log_every,
+        image_every=args.image_every,
+        ema_decay=None if args.ema_decay <= 0 else args.ema_decay,
+        grad_clip=args.grad_clip,
+    )
+    try:
+        path = train_task(
+            prep_root=args.prep_root,
+            split_path=args.split,
+            task=json.loads(args.task_json),
+            model_name=args.model,
+            options=json.loads(args.options_json),
+            train_cfg=cfg,
+            extra_manifests=args.extra_data or (),
+            resume=not args.no_resume,
+        )
+    except NonFiniteLossError as exc:
+        print(f"medgen train: error: {exc}", file=sys.stderr)
+        return 3
+    print(f"train: {args.model} -> {path}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from medgen.synth.sample import sample_to_files
+    from medgen.train.run import load_trained
+
+    trained = load_trained(args.checkpoint, device=args.device)
+    manifest = sample_to_files(trained, args.n, args.out, labels=args.labels, temperature=args.temperature, seed=args.seed)
+    print(f"sample: {args.n} samples -> {manifest}")
+    return 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from medgen.synth.translate import translate_volume
+    from medgen.train.run import load_trained
+
+    trained = load_trained(args.checkpoint, device=args.device)
+    summary = translate_volume(trained, args.input, args.output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom)
+    print(f"translate: {args.input} -> {args.output} ({summary.get('units', '')})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (also used to document the CLI)."""
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__.splitlines()[0])
@@ -126,13 +185,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_split)
+
+    p = verbs.add_parser("train", help="train one model of one task (resumes from OUT/checkpoint.pt)")
+    p.add_argument("--prep-root", type=Path, required=True, help="preprocessed subjects (results/prep)")
+    p.add_argument("--split", type=Path, required=True, help="splits.json; only its train subjects are used")
+    p.add_argument("--task-json", required=True, help='task as JSON, e.g. {"name": "t1", "kind": "generation", "modalities": ["T1w"]}')
+    p.add_argument("--model", required=True, help="model name from the registry (glow, gan, cgan, ...)")
+    p.add_argument("--options-json", default="{}", help="model options as JSON")
+    p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, checkpoint.pt, log.jsonl, tb/, samples/")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--image-every", type=int, default=200)
+    p.add_argument("--ema-decay", type=float, default=0.999, help="<= 0 disables the EMA")
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
+    p.set_defaults(handler=_train)
+
+    p = verbs.add_parser("sample", help="draw samples of a trained model as NIfTI + PNG grid + manifest")
+    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt written by medgen train")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--labels", type=int, nargs="+", help="class labels to cycle through (conditional models)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=_sample)
+
+    p = verbs.add_parser("translate", help="translate a whole volume into the target modality, in scanner space and units")
+    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt of a translation model")
+    p.add_argument("--input", type=Path, required=True, help="NIfTI file or DICOM folder of the source modality")
+    p.add_argument("--output", type=Path, required=True, help=".nii.gz file, or a folder with --dicom")
+    p.add_argument("--axis", type=int, choices=[0, 1, 2], help="slice axis for 2D models (RAS; default: as trained)")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap for 3D models")
+    p.add_argument("--dicom", action="store_true", help="write a derived DICOM series instead of NIfTI")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=_translate)
     return parser
+
+
+def _quiet_optional_backends() -> None:
+    """MONAI announces, on import, GPU image decoders that medgen does not use: keep logs readable."""
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medgen`` console script; returns the process exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_optional_backends()
     try:
         return int(args.handler(args))
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -80,9 +80,43 @@ def _semantic_problems(cfg: dict[str, Any]) -> Iterator[str]:
     lo, hi = cfg["preprocess"]["mr_percentiles"]
     if lo >= hi:
         yield f"config key 'preprocess.mr_percentiles': {lo} must be below {hi}"
+    yield from _task_problems(cfg)
     for key in ("dicom_root", "bids_root", "manifest"):
         if key in cfg["data"] and not Path(cfg["data"][key]).exists():
             yield f"config key 'data.{key}': {cfg['data'][key]} does not exist"
+
+
+#: keys of a model's entry that configure its training rather than the model
+TRAIN_KEYS = ("steps", "batch_size")
+GENERATION_MODELS = frozenset({"glow", "gan", "cgan"})
+
+
+def _task_problems(cfg: dict[str, Any]) -> Iterator[str]:
+    from medgen.models.registry import MODELS, model_options
+
+    modalities = set(cfg["modalities"])
+    for name, task in cfg["tasks"].items():
+        key = f"tasks.{name}"
+        if task["kind"] == "translation":
+            for side in ("source", "target"):
+                if task.get(side) not in modalities:
+                    yield f"config key '{key}.{side}': {task.get(side)!r} is not one of modalities {cfg['modalities']}"
+        else:
+            mods = task.get("modalities") or []
+            if not mods or not set(mods) <= modalities:
+                yield f"config key '{key}.modalities': {mods} must be a non-empty subset of {cfg['modalities']}"
+            if len(mods) > 1 and task.get("condition") != "modality":
+                yield f"config key '{key}.condition': several modalities need condition 'modality'"
+        for model, options in task["models"].items():
+            if model not in MODELS:
+                yield f"config key '{key}.models.{model}': unknown model; valid names: {', '.join(sorted(MODELS))}"
+                continue
+            wrong_kind = (model in GENERATION_MODELS) != (task["kind"] == "generation")
+            if wrong_kind:
+                yield f"config key '{key}.models.{model}': a {'generation' if model in GENERATION_MODELS else 'translation'} model in a {task['kind']} task"
+            valid = set(model_options(model)) | set(TRAIN_KEYS) | {"patch_size"}
+            for option in sorted(set(options) - valid):
+                yield f"config key '{key}.models.{model}.{option}': unknown option; valid options: {', '.join(sorted(valid))}"
 
 
 def load_config(path: Path | str) -> dict[str, Any]:

@@ -1,0 +1,175 @@
+"""Training data for a task: preprocessed slices or patches, keyed the way models read them.
+
+A *generation* task serves ``{"image": (1, *spatial), "label": int}`` (the label is the class of
+the condition: the modality, a slice-position bin, or lesion present/absent; 0 when
+unconditional). A *translation* task serves ``{"source": ..., "target": ...}``: registered pairs
+for paired models, or for unpaired ones a target drawn from another slice/patch (a permutation
+that depends only on the seed and the epoch, so a resumed run sees the same pairs).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from medgen.data.datasets import PatchDataset, SliceDataset
+from medgen.data.normalise import apply_normalisation
+from medgen.io.nifti import load_nifti
+
+CONDITIONS = (None, "modality", "slice_bin", "lesion")
+#: label value of lesions in the phantom's label maps
+LESION_LABEL = 9
+
+
+def _base_dataset(
+    prep_root: Path, subjects: Sequence[str], modalities: Sequence[str], *, spatial_dims: int, patch_size: Sequence[int] | None, seed: int, labels: bool
+) -> Dataset:
+    if spatial_dims == 2:
+        return SliceDataset(prep_root, subjects, modalities, labels=labels)
+    if spatial_dims == 3:
+        return PatchDataset(prep_root, subjects, modalities, patch_size=tuple(patch_size or (32, 32, 32)), seed=seed, labels=labels)
+    raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+
+
+class GenerationDataset(Dataset):
+    """Images of one or more modalities with a class label for conditional models.
+
+    With several modalities and ``condition="modality"`` every slice/patch appears once per
+    modality, labelled by the modality's index in ``modalities``.
+    """
+
+    def __init__(
+        self,
+        prep_root: Path | str,
+        subjects: Sequence[str],
+        modalities: Sequence[str],
+        *,
+        condition: str | None = None,
+        slice_bins: int = 4,
+        spatial_dims: int = 2,
+        patch_size: Sequence[int] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {condition!r}; valid: {', '.join(map(str, CONDITIONS))}")
+        if len(modalities) > 1 and condition != "modality":
+            raise ValueError(f"several modalities {list(modalities)} need condition 'modality'")
+        self.modalities = list(modalities)
+        self.condition = condition
+        self.slice_bins = int(slice_bins)
+        self.base = _base_dataset(Path(prep_root), subjects, modalities, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, labels=condition == "lesion")
+
+    @property
+    def classes(self) -> list[str]:
+        """Names of the label values."""
+        if self.condition == "modality":
+            return list(self.modalities)
+        if self.condition == "slice_bin":
+            return [f"slice-bin-{b}" for b in range(self.slice_bins)]
+        if self.condition == "lesion":
+            return ["no-lesion", "lesion"]
+        return ["all"]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base) * len(self.modalities)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.base[i // len(self.modalities)]
+        m = i % len(self.modalities)
+        return {"image": item[self.modalities[m]], "label": self._label(item, m)}
+
+    def _label(self, item: Mapping[str, Any], m: int) -> int:
+        if self.condition == "modality":
+            return m
+        if self.condition == "slice_bin":
+            return min(int(float(item.get("slice_position", 0.0)) * self.slice_bins), self.slice_bins - 1)
+        if self.condition == "lesion":
+            return int(bool((item["labels"] == LESION_LABEL).any()))
+        return 0
+
+
+class TranslationDataset(Dataset):
+    """``{"source", "target"}`` pairs from the same subject and position (``paired=True``) or
+    from a seeded, epoch-dependent other position (``paired=False``, unpaired training)."""
+
+    def __init__(
+        self,
+        prep_root: Path | str,
+        subjects: Sequence[str],
+        source: str,
+        target: str,
+        *,
+        paired: bool,
+        spatial_dims: int = 2,
+        patch_size: Sequence[int] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if source == target:
+            raise ValueError(f"source and target are both {source!r}")
+        self.source, self.target, self.paired, self.seed = source, target, paired, seed
+        self.base = _base_dataset(Path(prep_root), subjects, [source, target], spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, labels=False)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+        rng = np.random.default_rng([self.seed, epoch, 7])
+        self._partner = rng.permutation(len(self.base))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.base[i]
+        target = item[self.target] if self.paired else self.base[int(self._partner[i])][self.target]
+        return {"source": item[self.source], "target": target}
+
+
+class AugmentationDataset(Dataset):
+    """Synthetic images from an augmentation manifest (``medgen sample``'s ``manifest.tsv``),
+    normalised with the training mappings so they mix with real data: items like
+    :class:`GenerationDataset`'s (2D samples are one-slice volumes (H, W, 1))."""
+
+    def __init__(self, manifest: Path | str, mappings: Mapping[str, Mapping], classes: Sequence[str]) -> None:
+        manifest = Path(manifest)
+        with open(manifest, newline="") as fh:
+            self.rows = [r for r in csv.DictReader(fh, delimiter="\t")]
+        unknown = sorted({r["modality"] for r in self.rows} - set(mappings))
+        if unknown:
+            raise ValueError(f"{manifest}: modalities {unknown} are not among the task's {sorted(mappings)}")
+        self.root, self.mappings, self.classes = manifest.parent, mappings, list(classes)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.rows[i]
+        vol = load_nifti(self.root / row["path"]).array
+        image = apply_normalisation(vol[..., 0] if vol.shape[-1] == 1 else vol, self.mappings[row["modality"]])
+        label = int(row.get("label") or 0)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], "label": label}
+
+
+def task_dataset(task: Mapping[str, Any], prep_root: Path | str, subjects: Sequence[str], *, model_paired: bool, spatial_dims: int, patch_size: Sequence[int] | None, seed: int) -> Dataset:
+    """The dataset a task's config asks for (see ``configs/config.schema.yaml``, ``tasks``)."""
+    if task["kind"] == "translation":
+        return TranslationDataset(prep_root, subjects, task["source"], task["target"], paired=model_paired, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed)
+    return GenerationDataset(
+        prep_root, subjects, task["modalities"], condition=task.get("condition"), slice_bins=task.get("slice_bins", 4), spatial_dims=spatial_dims, patch_size=patch_size, seed=seed
+    )
+
+
+def with_augmentation(dataset: Dataset, manifests: Sequence[Path | str], mappings: Mapping[str, Mapping], classes: Sequence[str]) -> Dataset:
+    """``dataset`` plus the synthetic images listed in ``manifests`` (extra training data)."""
+    if not manifests:
+        return dataset
+    return ConcatDataset([dataset, *(AugmentationDataset(m, mappings, classes) for m in manifests)])

@@ -1,0 +1,146 @@
+"""Train one model of one task from preprocessed data, and load trained models back.
+
+The file a training run leaves for later stages is ``out_dir/model.pt``: EMA weights plus the
+*meta* dictionary below, which is everything sampling and translation need to rebuild the model
+and to return to physical units without the training data::
+
+    {"model": name, "options": {...},                      # build_model(name, **options)
+     "task": {"name", "kind": "generation"|"translation", "source", "target" | "modalities",
+              "condition", "classes"},
+     "data": {"spatial_dims", "slice_axis", "spacing", "size", "patch_size",
+              "preprocess": {"mr_norm", "mr_percentiles", "ct_window"},
+              "mappings": {modality: normalisation mapping (median over training subjects)},
+              "affine": a training subject's preprocessed RAS affine},
+     "medgen_version": ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from medgen import __version__
+from medgen.data.splits import read_split
+from medgen.data.tasks import task_dataset, with_augmentation
+from medgen.models.base import GenerativeModel
+from medgen.models.registry import MODELS, build_model
+from medgen.train import checkpoint as ckpt
+from medgen.train.engine import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+#: translation models trained on registered pairs; the others see unpaired targets
+PAIRED_MODELS = frozenset({"pix2pix"})
+
+
+@dataclass
+class TrainedModel:
+    """A model ready for inference (eval mode, EMA weights) and its meta dictionary."""
+
+    model: GenerativeModel
+    meta: dict[str, Any]
+    path: Path | None = None
+
+
+def _median_mappings(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str]) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Per modality, the training subjects' normalisation with median scale and offset (exact
+    for CT's fixed HU window; the cohort's typical scale for MR), and the first subject's file."""
+    docs = [json.loads((prep_root / s / "normalisation.json").read_text()) for s in subjects]
+    mappings = {}
+    for mod in modalities:
+        per_subject = [d["normalisation"][mod] for d in docs]
+        mapping = dict(per_subject[0])
+        for key in ("scale", "offset"):
+            mapping[key] = float(np.median([m[key] for m in per_subject]))
+        if mapping.get("clip_normalised") is not None:
+            lo, hi = mapping["clip_normalised"]
+            mapping["source_range"] = [mapping["offset"] + lo * mapping["scale"], mapping["offset"] + hi * mapping["scale"]]
+        mapping["method"] = f"{mapping.get('method', 'linear')} (median of {len(per_subject)} training subjects)"
+        mappings[mod] = mapping
+    return mappings, docs[0]
+
+
+def _task_modalities(task: Mapping[str, Any]) -> list[str]:
+    return [task["source"], task["target"]] if task["kind"] == "translation" else list(task["modalities"])
+
+
+def _fill_shape_options(name: str, options: dict[str, Any], sample: Mapping[str, torch.Tensor], n_classes: int) -> dict[str, Any]:
+    """Options the data decide (image size, class count) unless the config set them."""
+    fields = {f.name for f in dataclasses.fields(MODELS[name].config_class)}
+    image = sample.get("image", sample.get("source"))
+    if "image_size" in fields and "image_size" not in options:
+        options["image_size"] = int(image.shape[-1])
+    if "n_classes" in fields and "n_classes" not in options:
+        options["n_classes"] = n_classes
+    return options
+
+
+def train_task(
+    *,
+    prep_root: Path | str,
+    split_path: Path | str,
+    task: Mapping[str, Any],
+    model_name: str,
+    options: Mapping[str, Any],
+    train_cfg: TrainConfig,
+    extra_manifests: Sequence[Path | str] = (),
+    resume: bool = True,
+) -> Path:
+    """Train ``model_name`` on the training split of ``task``; returns the path of ``model.pt``."""
+    prep_root = Path(prep_root)
+    if model_name not in MODELS:
+        raise KeyError(f"unknown model {model_name!r}; valid models: {', '.join(sorted(MODELS))}")
+    subjects = read_split(split_path)["train"]
+    options = dict(options)
+    spatial_dims = int(options.setdefault("spatial_dims", 2))
+    patch_size = options.pop("patch_size", None) if spatial_dims == 3 else None
+    dataset = task_dataset(task, prep_root, subjects, model_paired=model_name in PAIRED_MODELS, spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed)
+    modalities = _task_modalities(task)
+    mappings, first = _median_mappings(prep_root, subjects, modalities)
+    classes = getattr(dataset, "classes", None)
+    if extra_manifests:
+        dataset = with_augmentation(dataset, extra_manifests, mappings, classes or modalities)
+    options = _fill_shape_options(model_name, options, dataset[0], len(classes or [0]))
+    model = build_model(model_name, **options)
+    meta = {
+        "model": model_name,
+        "options": options,
+        "task": {**dict(task), "classes": classes},
+        "data": {
+            "spatial_dims": spatial_dims,
+            "slice_axis": 2,
+            "spacing": first["geometry"]["spacing"],
+            "size": first["geometry"]["size"],
+            "patch_size": list(patch_size) if patch_size else None,
+            "preprocess": {k: first["config"][k] for k in ("mr_norm", "mr_percentiles", "ct_window")},
+            "mappings": mappings,
+            "affine": first["geometry"]["affine"],
+            "train_subjects": list(subjects),
+            "extra_manifests": [str(m) for m in extra_manifests],
+        },
+        "medgen_version": __version__,
+    }
+    log.info("training %s on task %s: %d items from %d subjects", model_name, task.get("name"), len(dataset), len(subjects))
+    trainer = Trainer(model, dataset, train_cfg, config_snapshot=meta)
+    trainer.fit(resume=resume)
+    return trainer.save_final()
+
+
+def load_trained(path: Path | str, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild a model from ``model.pt`` (weights-only load) in eval mode on ``device``."""
+    path = Path(path)
+    state = ckpt.load_checkpoint(path, map_location=device, expect=ckpt.FINAL_FORMAT)
+    meta = state["config"]
+    if not meta or "model" not in meta:
+        raise ckpt.CheckpointError(f"{path}: holds no model description; it was not written by medgen train")
+    model = build_model(meta["model"], **meta["options"])
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return TrainedModel(model=model, meta=meta, path=path)

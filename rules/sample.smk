@@ -1,0 +1,29 @@
+# Augmentation sets: samples of every generation model as NIfTI + manifest + PNG grid.
+
+
+def _sample_labels(wc):
+    classes = config["tasks"][wc.task].get("condition")
+    if classes is None:
+        return ""
+    n = len(config["tasks"][wc.task]["modalities"]) if classes == "modality" else config["tasks"][wc.task]["slice_bins"] if classes == "slice_bin" else 2
+    return "--labels " + " ".join(str(i) for i in range(n))
+
+
+rule sample:
+    input:
+        model=f"{RESULTS}/models/{{task}}/{{model}}/model.pt",
+    output:
+        manifest=f"{RESULTS}/augment/{{task}}/{{model}}/manifest.tsv",
+        grid=f"{RESULTS}/augment/{{task}}/{{model}}/grid.png",
+    params:
+        out=lambda wc: f"{RESULTS}/augment/{wc.task}/{wc.model}",
+        n=lambda wc: config["tasks"][wc.task]["samples"],
+        labels=_sample_labels,
+        seed=config["train"]["seed"],
+    log:
+        f"{RESULTS}/logs/sample/{{task}}/{{model}}.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "medgen sample --checkpoint {input.model} --n {params.n} --out {params.out} --seed {params.seed} {params.labels} > {log} 2>&1"

@@ -1,0 +1,89 @@
+"""Training a task end to end through `medgen train`, and loading the result back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medgen.cli import main
+from medgen.data.splits import read_split
+from medgen.data.tasks import GenerationDataset, TranslationDataset
+from medgen.train.run import load_trained
+
+
+def test_generation_dataset_labels_modalities(tiny_cohort):
+    train = read_split(tiny_cohort["split"])["train"]
+    ds = GenerationDataset(tiny_cohort["prep"], train, ["T1w", "CT"], condition="modality")
+    items = [ds[i] for i in range(4)]
+    assert [it["label"] for it in items] == [0, 1, 0, 1]
+    assert items[0]["image"].shape == (1, 32, 32)
+    # the CT item of a slice differs from the T1w item of the same slice
+    assert not torch.equal(items[0]["image"], items[1]["image"])
+    with pytest.raises(ValueError, match="need condition 'modality'"):
+        GenerationDataset(tiny_cohort["prep"], train, ["T1w", "CT"])
+
+
+def test_slice_bin_labels_follow_position(tiny_cohort):
+    train = read_split(tiny_cohort["split"])["train"]
+    ds = GenerationDataset(tiny_cohort["prep"], train, ["T1w"], condition="slice_bin", slice_bins=4)
+    labels = [ds[i]["label"] for i in range(len(ds))]
+    positions = [ds.base[i]["slice_position"] for i in range(len(ds))]
+    assert set(labels) <= {0, 1, 2, 3} and len(set(labels)) >= 3
+    assert all(lab == min(int(p * 4), 3) for lab, p in zip(labels, positions))
+
+
+def test_unpaired_translation_pairs_change_with_epoch(tiny_cohort):
+    train = read_split(tiny_cohort["split"])["train"]
+    paired = TranslationDataset(tiny_cohort["prep"], train, "T1w", "CT", paired=True)
+    unpaired = TranslationDataset(tiny_cohort["prep"], train, "T1w", "CT", paired=False, seed=1)
+    assert torch.equal(paired[3]["source"], unpaired[3]["source"])
+    first = [unpaired[i]["target"] for i in range(6)]
+    unpaired.set_epoch(1)
+    second = [unpaired[i]["target"] for i in range(6)]
+    assert any(not torch.equal(a, b) for a, b in zip(first, second))
+    unpaired.set_epoch(0)
+    assert all(torch.equal(a, unpaired[i]["target"]) for i, a in enumerate(first))
+
+
+def test_train_then_load_rebuilds_the_same_model(tiny_cohort, tmp_path):
+    task = {"name": "t1", "kind": "generation", "modalities": ["T1w"]}
+    code = main(
+        ["train", "--prep-root", str(tiny_cohort["prep"]), "--split", str(tiny_cohort["split"]), "--task-json", json.dumps(task),
+         "--model", "gan", "--options-json", json.dumps({"ngf": 8, "ndf": 8, "latent_dim": 16}), "--out", str(tmp_path / "run"),
+         "--steps", "6", "--batch-size", "4", "--log-every", "2", "--image-every", "0", "--ckpt-every", "3", "--device", "cpu"]
+    )
+    assert code == 0
+    trained = load_trained(tmp_path / "run" / "model.pt")
+    meta = trained.meta
+    assert meta["model"] == "gan" and meta["options"]["image_size"] == 32
+    assert meta["data"]["spacing"] == [6.0, 6.0, 6.0]
+    assert meta["data"]["mappings"]["T1w"]["units"] == "a.u."
+    assert meta["data"]["train_subjects"] == read_split(tiny_cohort["split"])["train"]
+    torch.manual_seed(0)
+    x = trained.model.sample(3)
+    assert x.shape == (3, 1, 32, 32) and float(x.abs().max()) <= 1.0
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    for key, value in trained.model.state_dict().items():
+        torch.testing.assert_close(value, state["model"][key])
+
+
+def test_unknown_model_is_refused_with_the_valid_names(tiny_cohort, tmp_path, capsys):
+    code = main(["train", "--prep-root", str(tiny_cohort["prep"]), "--split", str(tiny_cohort["split"]), "--task-json",
+                 json.dumps({"name": "t", "kind": "generation", "modalities": ["T1w"]}), "--model", "stylegan9", "--out", str(tmp_path), "--steps", "1"])
+    assert code == 2
+    assert "valid models: " in capsys.readouterr().err
+
+
+def test_non_finite_loss_exits_non_zero(tiny_cohort, tmp_path, capsys):
+    # A learning rate this large drives the flow's log-determinant to inf within a few steps.
+    task = {"name": "t1", "kind": "generation", "modalities": ["T1w"]}
+    code = main(["train", "--prep-root", str(tiny_cohort["prep"]), "--split", str(tiny_cohort["split"]), "--task-json", json.dumps(task),
+                 "--model", "glow", "--options-json", json.dumps({"levels": 2, "steps_per_level": 2, "hidden_channels": 8, "lr": 1e6}),
+                 "--out", str(tmp_path / "run"), "--steps", "30", "--batch-size", "4", "--image-every", "0", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "non-finite loss at step" in err
+    assert not (tmp_path / "run" / "model.pt").exists()
