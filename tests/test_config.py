@@ -40,6 +40,14 @@ def test_defaults_fill_a_minimal_config():
         ({"data": {"phantom": {}, "manifest": "x.tsv"}}, r"config key 'data'"),
         ({"data": {"bids_root": "/nonexistent/bids"}}, r"config key 'data.bids_root': /nonexistent/bids does not exist"),
         ({"modle": "cyclegan"}, r"the config: unknown key\(s\) 'modle'"),
+        ({"tasks": {"t": {"kind": "generation", "modalities": ["T1w"], "models": {"stylegan9": {}}}}},
+         r"config key 'tasks.t.models.stylegan9': unknown model; valid names: .*cgan.*glow"),
+        ({"tasks": {"t": {"kind": "generation", "modalities": ["T1w"], "models": {"gan": {"ngff": 8}}}}},
+         r"config key 'tasks.t.models.gan.ngff': unknown option; valid options: .*ngf"),
+        ({"tasks": {"t": {"kind": "translation", "source": "T1w", "target": "PET", "models": {}}}}, r"config key 'tasks.t.models'"),
+        ({"tasks": {"t": {"kind": "translation", "source": "T1w", "target": "PET", "models": {"glow": {}}}}},
+         r"'tasks.t.target': 'PET' is not one of modalities(.|\n)*a generation model in a translation task"),
+        ({"tasks": {"t": {"kind": "generation", "modalities": ["T1w", "CT"], "models": {"cgan": {}}}}}, r"several modalities need condition 'modality'"),
     ],
 )
 def test_bad_config_names_the_key(patch, message):
