@@ -1,0 +1,279 @@
+"""Draw samples from a trained generative model and write them as NIfTI files plus a manifest.
+
+Each sample goes back to original units through the training mapping of its modality (HU for
+CT, the training cohort's median scale for MR) and gets an affine on the training grid: a 3D
+sample the training affine itself, a 2D sample a one-slice volume (H, W, 1) with the training
+grid's in-plane spacing and orientation. ``manifest.tsv`` has the ``subject``, ``modality`` and
+``path`` columns that ``medgen ingest`` reads, so a set of samples can be fed back as extra
+training data; ``label`` and ``source`` record where each came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from medgen.data.normalise import invert_normalisation, is_ct  # noqa: E402
+from medgen.io.atomic import atomic_write_text  # noqa: E402
+from medgen.io.nifti import save_nifti  # noqa: E402
+
+if TYPE_CHECKING:
+    from medgen.train.run import TrainedModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["sample_to_files", "sample_affine", "MANIFEST_HEADER", "GRID_MAX", "CT_DISPLAY_WINDOW"]
+
+MANIFEST_HEADER = ("subject", "modality", "path", "label", "source")
+#: At most this many samples are drawn into grid.png.
+GRID_MAX = 64
+#: Display window of CT samples (HU); MR is shown between its 1st and 99.5th percentile.
+CT_DISPLAY_WINDOW = (-200.0, 1200.0)
+#: Pixels between grid cells, and the smallest cell side after integer upscaling.
+_GAP = 2
+_MIN_CELL = 96
+
+
+@dataclass
+class _Sample:
+    """One written image: ``display`` is a 2D view (rows = anterior/superior up) for the grid."""
+
+    index: int
+    modality: str
+    label: int | None
+    path: Path
+    display: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# Labels and modalities
+
+
+def _labels_for(task: dict[str, Any], n: int, labels: Sequence[int] | None) -> list[int | None]:
+    """One label per sample: ``labels`` cycled; every class cycled for a conditional model without labels."""
+    condition = task.get("condition")
+    if condition is None:
+        if labels:
+            raise ValueError(f"task {task.get('name')!r} is unconditional; it takes no labels")
+        return [None] * n
+    n_classes = len(task.get("classes") or [])
+    chosen = list(labels) if labels else list(range(n_classes))
+    if not chosen:
+        raise ValueError(f"task {task.get('name')!r} is conditioned on {condition!r} but lists no classes; pass labels")
+    bad = [c for c in chosen if n_classes and not 0 <= int(c) < n_classes]
+    if bad:
+        raise ValueError(f"labels {bad} out of range for {n_classes} classes {task.get('classes')}")
+    return [int(chosen[i % len(chosen)]) for i in range(n)]
+
+
+def _channel_modalities(task: dict[str, Any], label: int | None, n_channels: int) -> list[str]:
+    """The modality of each output channel of one sample."""
+    if task.get("condition") == "modality":
+        if n_channels != 1:
+            raise ValueError(f"a modality-conditioned model should give 1 channel, got {n_channels}")
+        return [str(task["classes"][label])]
+    modalities = [str(m) for m in task.get("modalities") or []]
+    if n_channels == len(modalities):
+        return modalities
+    if n_channels == 1 and modalities:
+        return modalities[:1]
+    raise ValueError(f"samples have {n_channels} channels but the task lists modalities {modalities}")
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry
+
+
+def _slice_index(data: dict[str, Any], task: dict[str, Any], label: int | None, axis: int) -> float:
+    """Where along the slice axis a 2D sample sits: the centre of its slice bin, else the middle.
+
+    Bins are taken as equal fractions of the training depth (slice position k / (depth - 1)),
+    the way the slice datasets report ``slice_position``.
+    """
+    depth = int((data.get("size") or [1, 1, 1])[axis])
+    classes = task.get("classes") or []
+    if task.get("condition") == "slice_bin" and label is not None and classes:
+        return (label + 0.5) / len(classes) * (depth - 1)
+    return (depth - 1) / 2.0
+
+
+def sample_affine(train_affine: np.ndarray, spatial_dims: int, slice_axis: int = 2, slice_index: float = 0.0) -> np.ndarray:
+    """Voxel -> RAS affine of a sample: the training affine (3D), or for a 2D sample (H, W, 1)
+    the two in-plane columns of the training affine, its slice column third, placed at
+    ``slice_index`` (voxels) along the slice axis."""
+    a = np.asarray(train_affine, dtype=np.float64)
+    if spatial_dims == 3:
+        return a.copy()
+    in_plane = [i for i in range(3) if i != slice_axis]
+    out = np.eye(4)
+    out[:3, 0], out[:3, 1], out[:3, 2] = a[:3, in_plane[0]], a[:3, in_plane[1]], a[:3, slice_axis]
+    out[:3, 3] = a[:3, 3] + slice_index * a[:3, slice_axis]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _draw(model: torch.nn.Module, labels: list[int | None], *, temperature: float, seed: int, batch_size: int) -> torch.Tensor:
+    """All samples (N, C, *spatial) in the network range, reproducible from ``seed``.
+
+    The global RNGs (which the models draw from) are forked so that the caller's state is kept.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    chunks = []
+    with torch.random.fork_rng(devices=cuda), torch.inference_mode():
+        torch.manual_seed(seed)
+        for start in range(0, len(labels), batch_size):
+            part = labels[start : start + batch_size]
+            y = None if part[0] is None else torch.tensor(part, dtype=torch.long, device=device)
+            chunks.append(model.sample(len(part), labels=y, temperature=temperature).detach().float().cpu())
+    return torch.cat(chunks)
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """A 2D view of a (X, Y) or (X, Y, Z) RAS image: axial (middle slice), anterior up, right of patient at the right."""
+    plane = image if image.ndim == 2 else image[:, :, image.shape[2] // 2]
+    return np.flipud(plane.T)
+
+
+def _source_name(trained: TrainedModel) -> str:
+    checkpoint = Path(trained.path).name if getattr(trained, "path", None) else "unsaved"
+    return f"{trained.meta.get('model', 'model')}:{checkpoint}"
+
+
+def _write_samples(
+    trained: TrainedModel, images: torch.Tensor, labels: list[int | None], out_dir: Path
+) -> list[_Sample]:
+    meta, task, data = trained.meta, trained.meta["task"], trained.meta["data"]
+    dims = int(data.get("spatial_dims", 2))
+    axis = int(data.get("slice_axis", 2))
+    if images.ndim != 2 + dims:
+        raise ValueError(f"expected samples (N, C, {dims} spatial dims), got shape {tuple(images.shape)}")
+    written = []
+    for i, (image, label) in enumerate(zip(images.numpy(), labels)):
+        modalities = _channel_modalities(task, label, image.shape[0])
+        affine = sample_affine(np.asarray(data["affine"]), dims, axis, _slice_index(data, task, label, axis) if dims == 2 else 0.0)
+        for channel, modality in zip(image, modalities):
+            values = invert_normalisation(channel, meta["data"]["mappings"][modality])
+            volume = values[..., None] if dims == 2 else values  # 2D: a one-slice volume (H, W, 1)
+            name = f"sample_{i:05d}.nii.gz" if len(modalities) == 1 else f"sample_{i:05d}_{modality}.nii.gz"
+            path = save_nifti(out_dir / "images" / name, volume, affine)
+            written.append(_Sample(i, modality, label, path, _display(values)))
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest and grid
+
+
+def _write_manifest(samples: list[_Sample], out_dir: Path, source: str) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(MANIFEST_HEADER)
+    for s in samples:
+        label = "n/a" if s.label is None else str(s.label)
+        writer.writerow([f"synth-{s.index:05d}", s.modality, s.path.relative_to(out_dir).as_posix(), label, source])
+    return atomic_write_text(out_dir / "manifest.tsv", buffer.getvalue())
+
+
+def _windowed(samples: list[_Sample]) -> list[np.ndarray]:
+    """Each display image scaled to [0, 1] in its modality's display window."""
+    windows: dict[str, tuple[float, float]] = {}
+    for modality in {s.modality for s in samples}:
+        if is_ct(modality):
+            windows[modality] = CT_DISPLAY_WINDOW
+        else:  # one window per modality over all shown samples, so that they compare
+            lo, hi = np.percentile(np.concatenate([s.display.ravel() for s in samples if s.modality == modality]), [1.0, 99.5])
+            windows[modality] = (float(lo), float(hi if hi > lo else lo + 1.0))
+    return [np.clip((s.display - windows[s.modality][0]) / (windows[s.modality][1] - windows[s.modality][0]), 0, 1) for s in samples]
+
+
+def _grid_layout(samples: list[_Sample]) -> list[list[int]]:
+    """Rows of indices into ``samples``: one row per label (in order of appearance), or a near-square grid."""
+    if samples and samples[0].label is not None:
+        rows: dict[int | None, list[int]] = {}
+        for i, s in enumerate(samples):
+            rows.setdefault(s.label, []).append(i)
+        per_row = max(1, GRID_MAX // len(rows))
+        return [idx[:per_row] for idx in rows.values()]
+    shown = list(range(min(len(samples), GRID_MAX)))
+    cols = max(1, math.ceil(math.sqrt(len(shown))))
+    return [shown[r : r + cols] for r in range(0, len(shown), cols)]
+
+
+def grid_shape(n_rows: int, n_cols: int, cell: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) in pixels of grid.png for ``n_rows`` x ``n_cols`` cells of display ``cell`` (h, w)."""
+    scale = max(1, math.ceil(_MIN_CELL / max(cell)))
+    return n_rows * cell[0] * scale + (n_rows + 1) * _GAP, n_cols * cell[1] * scale + (n_cols + 1) * _GAP
+
+
+def _write_grid(samples: list[_Sample], path: Path) -> Path:
+    """A mosaic PNG (grey, windowed); black gaps between cells."""
+    seen: set[int] = set()
+    first = [s for s in samples if not (s.index in seen or seen.add(s.index))]  # first channel of each sample
+    layout = _grid_layout(first)
+    images = _windowed(first)
+    h, w = images[0].shape
+    scale = max(1, math.ceil(_MIN_CELL / max(h, w)))
+    n_cols = max(len(r) for r in layout)
+    mosaic = np.zeros(grid_shape(len(layout), n_cols, (h, w)), dtype=np.float32)
+    for r, row in enumerate(layout):
+        for c, i in enumerate(row):
+            y0, x0 = _GAP + r * (h * scale + _GAP), _GAP + c * (w * scale + _GAP)
+            mosaic[y0 : y0 + h * scale, x0 : x0 + w * scale] = np.kron(images[i], np.ones((scale, scale), dtype=np.float32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, mosaic, cmap="gray", vmin=0.0, vmax=1.0)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def sample_to_files(
+    trained: TrainedModel,
+    n: int,
+    out_dir: Path,
+    *,
+    labels: Sequence[int] | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> Path:
+    """Draw ``n`` samples and write ``out_dir/images/sample_XXXXX.nii.gz``, ``manifest.tsv`` and ``grid.png``.
+
+    ``labels`` are cycled over the samples (sample i gets ``labels[i % len(labels)]``); a
+    conditional model without labels cycles over all its classes. For a modality-conditioned
+    model the label indexes ``task["classes"]`` and picks the modality (and its mapping). The
+    same ``seed`` gives the same samples. Returns the manifest path.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    task = trained.meta["task"]
+    if task.get("kind") != "generation":
+        raise ValueError(f"model task {task.get('name')!r} is a {task.get('kind')!r} task, not generation")
+    out_dir = Path(out_dir)
+    per_sample = _labels_for(task, n, labels)
+    model = trained.model.eval()
+    images = _draw(model, per_sample, temperature=temperature, seed=seed, batch_size=batch_size)
+    samples = _write_samples(trained, images, per_sample, out_dir)
+    manifest = _write_manifest(samples, out_dir, _source_name(trained))
+    _write_grid(samples, out_dir / "grid.png")
+    log.info("wrote %d samples to %s", n, out_dir)
+    return manifest

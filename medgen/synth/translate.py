@@ -1,0 +1,308 @@
+"""Translate a whole new volume (NIfTI file or DICOM series) with a trained translation model.
+
+The input is taken through exactly the steps preprocessing applies to a training subject, except
+the crop: RAS + the model's voxel spacing (MONAI), head mask of the source modality, and a
+normalisation mapping fitted on this subject (:func:`medgen.data.normalise.make_mapping`). The
+model runs over the whole RAS volume (2D models slice by slice, 3D models by sliding window),
+its output goes back to original units through the training cohort's target mapping, the
+background outside the head is set to air (CT) or 0 (MR), and the result is resampled onto the
+input's own voxel grid, so that it overlays the input in any viewer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from tqdm.auto import tqdm
+
+from medgen.data.mask import head_mask
+from medgen.data.normalise import apply_normalisation, background_value, invert_normalisation, is_ct, make_mapping
+from medgen.data.preprocess import PreprocessConfig, resample_to, to_ras_grid
+from medgen.io.nifti import Volume, load_nifti, save_nifti
+
+if TYPE_CHECKING:  # the contract lives with the trainer; only its attributes are used here
+    from medgen.train.run import TrainedModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["translate_volume", "read_input", "run_2d", "run_3d", "MR_UNITS", "DEFAULT_SIZE_MULTIPLE"]
+
+#: Units of an MR output: the target mapping is the median over the training subjects.
+MR_UNITS = "a.u. (training-cohort median scale)"
+#: Slice sides are padded to a multiple of this when the model does not declare ``size_multiple``.
+DEFAULT_SIZE_MULTIPLE = 16
+
+
+# --------------------------------------------------------------------------------------------
+# Input
+
+
+def read_input(input_path: Path) -> tuple[Volume, Any]:
+    """The input volume (X, Y, Z, RAS affine) and, for a DICOM folder, the series' first header.
+
+    A DICOM folder must hold exactly one image series; otherwise the series are listed (by
+    number and description, no patient data) and nothing is guessed.
+    """
+    input_path = Path(input_path)
+    if input_path.is_dir():
+        from medgen.io.dicom_series import load_series, scan_dicom
+
+        report = scan_dicom([input_path])
+        if len(report.series) != 1:
+            found = ", ".join(s.label for s in report.series) or "none"
+            raise ValueError(
+                f"{input_path}: expected exactly one DICOM image series, found {len(report.series)} ({found}); "
+                "put the series to translate in a folder of its own"
+            )
+        loaded = load_series(report.series[0])
+        return Volume(np.asarray(loaded.array, dtype=np.float32), np.asarray(loaded.affine, dtype=np.float64)), loaded.header
+    if not input_path.exists():
+        raise FileNotFoundError(f"{input_path}: no such file or folder")
+    return load_nifti(input_path), None
+
+
+def _preprocess_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of make_mapping from the model's preprocessing settings."""
+    given = dict(meta["data"].get("preprocess") or {})
+    defaults = PreprocessConfig()
+    return {
+        "mr_norm": given.get("mr_norm", defaults.mr_norm),
+        "mr_percentiles": tuple(given.get("mr_percentiles", defaults.mr_percentiles)),
+        "ct_window": tuple(given.get("ct_window", defaults.ct_window)),
+    }
+
+
+def _task_modalities(meta: dict[str, Any]) -> tuple[str, str]:
+    task = meta.get("task") or {}
+    if task.get("kind") != "translation":
+        raise ValueError(f"model task {task.get('name')!r} is a {task.get('kind')!r} task, not a translation")
+    return str(task["source"]), str(task["target"])
+
+
+# --------------------------------------------------------------------------------------------
+# Running the network
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return bool(progress) and sys.stderr.isatty()
+
+
+def _pad_amounts(size: int, multiple: int) -> tuple[int, int]:
+    """(before, after) padding that brings ``size`` to the next multiple, split evenly."""
+    total = -size % multiple
+    return total // 2, total - total // 2
+
+
+def run_2d(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    volume: np.ndarray,
+    *,
+    axis: int,
+    multiple: int,
+    background: float,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+) -> np.ndarray:
+    """Apply a 2D network ``fn`` ((N, 1, A, B) -> (N, 1, A, B)) to every slice of ``volume`` along ``axis``.
+
+    Each slice is padded with ``background`` to sides divisible by ``multiple`` and cropped back
+    after the network. Returns an array of the shape of ``volume`` (float32).
+    """
+    slices = np.moveaxis(np.asarray(volume, dtype=np.float32), axis, 0)  # (K, A, B)
+    (a0, a1), (b0, b1) = (_pad_amounts(n, multiple) for n in slices.shape[1:])
+    out = np.empty_like(slices)
+    starts = range(0, slices.shape[0], batch_size)
+    for start in tqdm(starts, desc="slices", unit="batch", disable=not _progress_enabled(progress)):
+        batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size]))[:, None].to(device)
+        batch = torch.nn.functional.pad(batch, (b0, b1, a0, a1), mode="constant", value=float(background))
+        y = fn(batch)
+        y = y[:, 0, a0 : a0 + slices.shape[1], b0 : b0 + slices.shape[2]]
+        out[start : start + batch_size] = y.detach().float().cpu().numpy()
+    return np.moveaxis(out, 0, axis)
+
+
+def run_3d(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    volume: np.ndarray,
+    *,
+    roi_size: tuple[int, int, int],
+    overlap: float,
+    background: float,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+) -> np.ndarray:
+    """Apply a 3D network ``fn`` ((N, 1, *roi_size) -> same) to ``volume`` by Gaussian-weighted sliding windows.
+
+    A volume smaller than ``roi_size`` is padded with ``background`` (MONAI's own padding would
+    use 0, which is mid-grey in the network range) and cropped back. Returns float32 (X, Y, Z).
+    """
+    shape = np.asarray(volume).shape
+    pads = [_pad_amounts(n, 1) if n >= r else ((r - n) // 2, r - n - (r - n) // 2) for n, r in zip(shape, roi_size)]
+    padded = np.pad(np.asarray(volume, dtype=np.float32), pads, mode="constant", constant_values=background)
+    inferer = SlidingWindowInferer(
+        roi_size=tuple(int(r) for r in roi_size), sw_batch_size=batch_size, overlap=overlap, mode="gaussian",
+        sw_device=device, device=torch.device("cpu"), progress=_progress_enabled(progress),
+    )
+    y = inferer(torch.from_numpy(padded)[None, None], fn)
+    y = y[0, 0].float().numpy()
+    crop = tuple(slice(p0, p0 + n) for (p0, _), n in zip(pads, shape))
+    return np.ascontiguousarray(y[crop])
+
+
+def _network(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's translate function, run without gradients."""
+    translate = getattr(model, "translate", None)
+    if translate is None:
+        raise ValueError(f"{type(model).__name__} has no translate(x) method; it is not a translation model")
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        # no_grad rather than inference_mode: MONAI's sliding window scales the outputs in place.
+        with torch.no_grad():
+            return translate(x)
+
+    return fn
+
+
+def _model_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    model.eval()
+    return model.to(device)
+
+
+def _size_multiple(model: torch.nn.Module) -> int:
+    """What every slice side must be divisible by: ``size_multiple``, else ``divisor`` (medgen's
+    translation models), else :data:`DEFAULT_SIZE_MULTIPLE`."""
+    for name in ("size_multiple", "divisor"):
+        value = getattr(model, name, None)
+        if value:
+            return int(value)
+    return DEFAULT_SIZE_MULTIPLE
+
+
+def _roi_size(data: dict[str, Any]) -> tuple[int, int, int]:
+    roi = data.get("patch_size") or data.get("size")
+    if roi is None or len(roi) != 3:
+        raise ValueError(f"3D model without a 3-entry patch_size or size in its metadata (got {roi})")
+    return tuple(int(r) for r in roi)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry back to the input
+
+
+def _reference(shape: tuple[int, ...], affine: np.ndarray) -> MetaTensor:
+    """An empty MetaTensor (1, X, Y, Z) that stands for the input grid in resample_to."""
+    return MetaTensor(torch.zeros((1, *shape), dtype=torch.float32), affine=torch.as_tensor(affine, dtype=torch.float64))
+
+
+def _to_input_grid(array: np.ndarray, ras_affine: np.ndarray, volume: Volume) -> np.ndarray:
+    """Resample (linear) from the RAS model grid onto exactly the input's voxel grid."""
+    out = resample_to(array, ras_affine, _reference(volume.array.shape, volume.affine))
+    return np.asarray(out[0], dtype=np.float32)
+
+
+def _write_output(
+    output_path: Path, array: np.ndarray, volume: Volume, *, dicom: bool, target: str, header: Any, meta: dict[str, Any], salt: str
+) -> list[Path]:
+    if not dicom:
+        return [save_nifti(output_path, array, volume.affine)]
+    from medgen.io.dicom_derived import write_derived_series
+
+    description = f"synthetic {target} ({meta.get('model', 'model')})"
+    return write_derived_series(
+        array, volume.affine, output_path, modality="CT" if is_ct(target) else "MR", source_header=header,
+        series_description=description[:64], salt=salt,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def translate_volume(
+    trained: TrainedModel,
+    input_path: Path,
+    output_path: Path,
+    *,
+    axis: int | None = None,
+    overlap: float = 0.5,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    dicom: bool = False,
+    progress: bool = True,
+    uid_salt: str = "medgen",
+) -> dict[str, Any]:
+    """Translate the image at ``input_path`` (NIfTI file or single-series DICOM folder) with ``trained``.
+
+    Writes ``output_path`` (NIfTI, float32, exactly the input's shape and affine) or, with
+    ``dicom``, a derived DICOM series into the folder ``output_path`` (study/frame UIDs of a DICOM
+    source pseudonymised with ``uid_salt``, as ingest does). ``axis``: slice axis of a 2D model
+    (default: the training slice axis); ``overlap``: sliding-window overlap of a 3D model. The
+    input is only read. Returns a summary: shape, affine, output range, units, seconds, ...
+    """
+    t0 = time.perf_counter()
+    meta = trained.meta
+    data = meta["data"]
+    source, target = _task_modalities(meta)
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.resolve() == input_path.resolve():
+        raise ValueError(f"{output_path}: the output would overwrite the input")
+    torch_device = torch.device(device)
+    volume, header = read_input(input_path)
+
+    # Model grid: RAS at the training spacing, the whole field of view (no crop).
+    grid = to_ras_grid(volume, tuple(float(s) for s in data["spacing"]))
+    ras_affine = np.asarray(grid.affine, dtype=np.float64)
+    ras = np.asarray(grid[0], dtype=np.float32)
+    mask, _ = head_mask(source, ras)
+    source_map = make_mapping(source, ras, mask if mask.any() else None, **_preprocess_options(meta))
+    x = apply_normalisation(ras, source_map)
+    x_background = float(apply_normalisation(np.array([background_value(source)]), source_map)[0])
+
+    model = _model_device(trained.model, torch_device)
+    fn = _network(model)
+    dims = int(data.get("spatial_dims", 2))
+    if dims == 2:
+        slice_axis = int(data.get("slice_axis", 2) if axis is None else axis)
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"axis must be 0, 1 or 2, got {slice_axis}")
+        multiple = _size_multiple(model)
+        y = run_2d(fn, x, axis=slice_axis, multiple=multiple, background=x_background, batch_size=batch_size,
+                   device=torch_device, progress=progress)
+    elif dims == 3:
+        y = run_3d(fn, x, roi_size=_roi_size(data), overlap=overlap, background=x_background, batch_size=batch_size,
+                   device=torch_device, progress=progress)
+    else:
+        raise ValueError(f"spatial_dims must be 2 or 3, got {dims}")
+
+    target_map = data["mappings"][target]
+    y_units = invert_normalisation(y, target_map)
+    if mask.any():  # an empty mask (blank input) was already warned about; then nothing is blanked
+        y_units = np.where(mask.astype(bool), y_units, np.float32(background_value(target))).astype(np.float32)
+    out = _to_input_grid(y_units, ras_affine, volume)
+    written = _write_output(output_path, out, volume, dicom=dicom, target=target, header=header, meta=meta, salt=uid_salt)
+    summary = {
+        "input": str(input_path),
+        "output": str(output_path),
+        "files": len(written),
+        "source": source,
+        "target": target,
+        "shape": list(out.shape),
+        "affine": np.asarray(volume.affine).tolist(),
+        "model_grid": {"shape": list(ras.shape), "spacing": [float(s) for s in data["spacing"]], "spatial_dims": dims},
+        "head_voxels": int(mask.sum()),
+        "output_range": [float(out.min()), float(out.max())],
+        "units": "HU" if is_ct(target) else MR_UNITS,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    log.info("translated %s -> %s (%s, %.1f s)", input_path, output_path, summary["units"], summary["seconds"])
+    return summary
