@@ -1,0 +1,271 @@
+"""Distribution metrics on feature vectors: Fréchet distance, KID, precision/recall/density/coverage.
+
+Features in, numbers out: every function takes ``(N, D)`` arrays from any extractor in
+:mod:`medgen.eval.features`. All arithmetic is float64.
+
+* Fréchet distance (Heusel et al. 2017, "GANs trained by a two time-scale update rule"):
+  ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` with ``scipy.linalg.sqrtm``.
+* KID (Binkowski et al. 2018, "Demystifying MMD GANs"): unbiased MMD^2 with the polynomial
+  kernel ``(x.y / d + 1)^3``, averaged over random subsets.
+* PRDC (Naeem et al. 2020, "Reliable fidelity and diversity metrics for generative models").
+* :func:`evaluate_distribution`: all of them real-vs-fake *and* real-vs-real at the same N,
+  with bootstrap intervals, because the values depend strongly on N and on the features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+from scipy import linalg
+
+#: Largest tolerated imaginary part on the diagonal of sqrtm(S1 S2) (as pytorch-fid).
+IMAG_TOL = 1e-3
+
+
+def _features(f: Any, name: str) -> np.ndarray:
+    arr = np.asarray(f, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N, D) feature array, got shape {arr.shape}")
+    if arr.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 samples, got {arr.shape[0]}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *, eps: float = 1e-6) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2); ``mu`` (D,), ``sigma`` (D, D).
+
+    If ``sqrtm(sigma1 @ sigma2)`` is not finite (singular product), ``eps * I`` is added to both
+    covariances and a warning is given. A small imaginary part from round-off is dropped; one
+    larger than 1e-3 on the diagonal raises ``ValueError``.
+    """
+    mu1 = np.asarray(mu1, dtype=np.float64)
+    mu2 = np.asarray(mu2, dtype=np.float64)
+    sigma1 = np.asarray(sigma1, dtype=np.float64)
+    sigma2 = np.asarray(sigma2, dtype=np.float64)
+    if mu1.ndim != 1 or mu2.ndim != 1 or mu1.shape != mu2.shape:
+        raise ValueError(f"means must be 1-D of equal length, got {mu1.shape} and {mu2.shape}")
+    d = mu1.shape[0]
+    for s, name in ((sigma1, "sigma1"), (sigma2, "sigma2")):
+        if s.shape != (d, d):
+            raise ValueError(f"{name} must be ({d}, {d}), got {s.shape}")
+    diff = mu1 - mu2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's own "singular matrix" notes; handled below
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        warnings.warn(f"Fréchet distance: singular product of covariances; adding {eps:g} * I to both", RuntimeWarning, stacklevel=2)
+        offset = np.eye(d) * eps
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0.0, atol=IMAG_TOL):
+            raise ValueError(f"Fréchet distance: sqrtm has a large imaginary component ({np.max(np.abs(covmean.imag)):.3g})")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def gaussian_stats(f: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) of features (N, D), float64."""
+    arr = _features(f, "features")
+    return arr.mean(axis=0), np.cov(arr, rowvar=False, ddof=1).reshape(arr.shape[1], arr.shape[1])
+
+
+def fid_from_features(f1: Any, f2: Any, *, eps: float = 1e-6) -> float:
+    """Fréchet distance between the Gaussians fitted to features ``f1`` (N1, D) and ``f2`` (N2, D).
+
+    With fewer samples than dimensions (N <= D) the covariance is singular: a warning is given
+    and ``eps * I`` is added to both covariances (a regularised value, not comparable with
+    unregularised ones).
+    """
+    a, b = _features(f1, "f1"), _features(f2, "f2")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    mu1, s1 = gaussian_stats(a)
+    mu2, s2 = gaussian_stats(b)
+    n_min, d = min(a.shape[0], b.shape[0]), a.shape[1]
+    if n_min <= d:
+        warnings.warn(
+            f"Fréchet distance with N={n_min} samples <= feature dimension {d}: singular covariance; adding {eps:g} * I (regularised value)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        s1 = s1 + np.eye(d) * eps
+        s2 = s2 + np.eye(d) * eps
+    return frechet_distance(mu1, s1, mu2, s2, eps=eps)
+
+
+def poly_mmd2(x: np.ndarray, y: np.ndarray, *, degree: int = 3, gamma: float | None = None, coef: float = 1.0) -> float:
+    """Unbiased MMD^2 with kernel ``(gamma x.y + coef)^degree`` (gamma default 1/D); x, y (m, D).
+
+    Within-set sums leave out the diagonal (1/(m(m-1))); the cross term uses all m^2 pairs, as in
+    Binkowski et al. 2018 and its reference code (equal subset sizes).
+    """
+    m = x.shape[0]
+    if y.shape[0] != m:
+        raise ValueError("poly_mmd2 needs subsets of equal size")
+    g = 1.0 / x.shape[1] if gamma is None else gamma
+    kxx = (x @ x.T * g + coef) ** degree
+    kyy = (y @ y.T * g + coef) ** degree
+    kxy = (x @ y.T * g + coef) ** degree
+    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(within - 2.0 * kxy.sum() / m**2)
+
+
+def kid(f1: Any, f2: Any, *, subset_size: int = 1000, n_subsets: int = 100, seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance: (mean, std) of unbiased poly-kernel MMD^2 over random subsets.
+
+    Each subset draws ``subset_size`` samples without replacement from each set (seeded numpy
+    ``default_rng``). ``subset_size`` larger than min(N1, N2) is clamped with a warning. The std
+    is the population std over subsets (as torchmetrics).
+    """
+    a, b = _features(f1, "f1"), _features(f2, "f2")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    n_max = min(a.shape[0], b.shape[0])
+    if subset_size > n_max:
+        warnings.warn(f"KID subset_size {subset_size} > min(N1, N2) = {n_max}; using {n_max}", RuntimeWarning, stacklevel=2)
+        subset_size = n_max
+    if subset_size < 2:
+        raise ValueError("KID needs subset_size >= 2")
+    rng = np.random.default_rng(seed)
+    scores = np.empty(n_subsets, dtype=np.float64)
+    for i in range(n_subsets):
+        ia = rng.choice(a.shape[0], subset_size, replace=False)
+        ib = rng.choice(b.shape[0], subset_size, replace=False)
+        scores[i] = poly_mmd2(a[ia], b[ib])
+    return float(scores.mean()), float(scores.std())
+
+
+def _prdc_own(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
+    # Fallback when the `prdc` package is missing: the four estimators of Naeem et al. 2020
+    # (eqs. 1-4) written directly on float64 Euclidean distances.
+    from scipy.spatial.distance import cdist
+
+    d_rr = cdist(real, real)
+    d_ff = cdist(fake, fake)
+    d_rf = cdist(real, fake)
+    # k-th neighbour excluding self: index k in the sorted row (index 0 is the point itself).
+    r_real = np.sort(d_rr, axis=1)[:, k]
+    r_fake = np.sort(d_ff, axis=1)[:, k]
+    inside = d_rf < r_real[:, None]  # (real i, fake j): fake j inside the ball of real i
+    return {
+        "precision": float(inside.any(axis=0).mean()),
+        "recall": float((d_rf < r_fake[None, :]).any(axis=1).mean()),
+        "density": float(inside.sum(axis=0).mean() / k),
+        "coverage": float((d_rf.min(axis=1) < r_real).mean()),
+    }
+
+
+def precision_recall_density_coverage(real: Any, fake: Any, *, k: int = 5) -> dict[str, float]:
+    """Precision, recall, density, coverage (Naeem et al. 2020) with k nearest neighbours.
+
+    Uses the authors' ``prdc`` package when installed (its distances are float32), else an
+    equivalent float64 implementation. Needs more than ``k`` samples in each set.
+    """
+    a, b = _features(real, "real"), _features(fake, "fake")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    if min(a.shape[0], b.shape[0]) <= k:
+        raise ValueError(f"PRDC with k={k} needs more than {k} samples per set, got {a.shape[0]} real and {b.shape[0]} fake")
+    try:
+        from prdc import compute_prdc
+    except ImportError:
+        return _prdc_own(a, b, k)
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints the set sizes
+        out = compute_prdc(real_features=a, fake_features=b, nearest_k=k)
+    return {key: float(out[key]) for key in ("precision", "recall", "density", "coverage")}
+
+
+def _interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    alpha = (1.0 - level) / 2.0
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return [math.nan, math.nan]
+    return [float(np.quantile(finite, alpha)), float(np.quantile(finite, 1.0 - alpha))]
+
+
+def _pair_metrics(x: np.ndarray, y: np.ndarray, *, kid_subset_size: int, kid_subsets: int, k: int, seed: int) -> dict[str, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the N vs D condition is reported once by the caller
+        fd = fid_from_features(x, y)
+        kid_mean, kid_std = kid(x, y, subset_size=min(kid_subset_size, x.shape[0], y.shape[0]), n_subsets=kid_subsets, seed=seed)
+    out = {"fd": fd, "kid_mean": kid_mean, "kid_std": kid_std}
+    if min(x.shape[0], y.shape[0]) > k:
+        out.update(precision_recall_density_coverage(x, y, k=k))
+    return out
+
+
+def evaluate_distribution(
+    real_features: Any,
+    fake_features: Any,
+    *,
+    seed: int = 0,
+    n_bootstrap: int = 100,
+    k: int = 5,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+) -> dict[str, Any]:
+    """Real-vs-fake and real-vs-real (baseline) FD, KID and PRDC at the same N, with bootstrap CIs.
+
+    The real set (seeded permutation) is split into two disjoint halves A and B; N = min(|A|,
+    |fake|). ``real_vs_fake`` compares A[:N] with N fakes (subsampled without replacement);
+    ``real_vs_real`` compares A[:N] with B[:N] — the value a perfect generator would get at this
+    N. Bootstrap: ``n_bootstrap`` resamplings (with replacement) of each of the three sets, FD
+    and KID recomputed (PRDC not, since duplicated samples make its k-NN radii zero); 95%
+    percentile intervals. Output holds ``n`` and the feature dimension.
+    """
+    real, fake = _features(real_features, "real_features"), _features(fake_features, "fake_features")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"feature dimensions differ: {real.shape[1]} vs {fake.shape[1]}")
+    if real.shape[0] < 4:
+        raise ValueError(f"need at least 4 real samples for a real-vs-real baseline, got {real.shape[0]}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(real.shape[0])
+    half = real.shape[0] // 2
+    n = min(half, fake.shape[0])
+    a = real[perm[:n]]
+    b = real[perm[half : half + n]]
+    f = fake[rng.choice(fake.shape[0], n, replace=False)]
+    d = real.shape[1]
+    if n <= d:
+        warnings.warn(f"evaluate_distribution: N={n} <= feature dimension {d}; Fréchet distances are regularised", RuntimeWarning, stacklevel=2)
+
+    opts = {"kid_subset_size": kid_subset_size, "kid_subsets": kid_subsets, "k": k, "seed": seed}
+    result: dict[str, Any] = {
+        "n": int(n),
+        "n_real_total": int(real.shape[0]),
+        "n_fake_total": int(fake.shape[0]),
+        "feature_dim": int(d),
+        "seed": seed,
+        "k": k,
+        "kid_subset_size": int(min(kid_subset_size, n)),
+        "kid_subsets": kid_subsets,
+        "real_vs_fake": _pair_metrics(a, f, **opts),
+        "real_vs_real": _pair_metrics(a, b, **opts),
+    }
+    boot = {"real_vs_fake": {"fd": [], "kid_mean": []}, "real_vs_real": {"fd": [], "kid_mean": []}}
+    # Fewer KID subsets inside the bootstrap keep the cost bounded; the resampling supplies the spread.
+    boot_opts = {**opts, "kid_subsets": max(1, min(kid_subsets, 10))}
+    for i in range(n_bootstrap):
+        ia, ib, jf = (rng.integers(0, n, n) for _ in range(3))
+        for key, (x, y) in (("real_vs_fake", (a[ia], f[jf])), ("real_vs_real", (a[ia], b[ib]))):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                fd = fid_from_features(x, y)
+                km, _ = kid(x, y, subset_size=min(kid_subset_size, n), n_subsets=boot_opts["kid_subsets"], seed=seed + i)
+            boot[key]["fd"].append(fd)
+            boot[key]["kid_mean"].append(km)
+    result["bootstrap"] = {
+        "n_bootstrap": n_bootstrap,
+        "level": 0.95,
+        **{key: {m: _interval(np.asarray(v)) for m, v in vals.items()} for key, vals in boot.items()},
+    }
+    return result

@@ -1,0 +1,151 @@
+"""Distribution metrics: agreement with torchmetrics, closed forms, edge cases, baseline."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from medgen.eval.distribution import (
+    evaluate_distribution,
+    fid_from_features,
+    frechet_distance,
+    kid,
+    poly_mmd2,
+    precision_recall_density_coverage,
+)
+
+
+def _sets(n1=200, n2=150, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    f1 = rng.normal(size=(n1, d)) @ mix
+    f2 = rng.normal(loc=0.3, size=(n2, d)) @ (mix * 1.2)
+    return f1, f2
+
+
+class _Passthrough(torch.nn.Module):
+    """'Feature extractor' for torchmetrics that returns its input: the inputs *are* the features."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.num_features = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_fid_matches_torchmetrics():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    f1, f2 = _sets()
+    metric = FrechetInceptionDistance(feature=_Passthrough(f1.shape[1]))
+    metric.update(torch.from_numpy(f1), real=True)
+    metric.update(torch.from_numpy(f2), real=False)
+    expected = float(metric.compute())
+    assert fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fd_closed_form_diagonal():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, -1.0])
+    v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
+    assert frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_identical_sets_zero():
+    f1, _ = _sets()
+    assert abs(fid_from_features(f1, f1.copy())) < 1e-8
+
+
+def test_few_samples_warns_and_regularises():
+    rng = np.random.default_rng(1)
+    f1, f2 = rng.normal(size=(10, 32)), rng.normal(size=(12, 32))
+    with pytest.warns(RuntimeWarning, match="regularised"):
+        value = fid_from_features(f1, f2)
+    assert np.isfinite(value) and value > 0
+
+
+def test_wrong_rank():
+    with pytest.raises(ValueError):
+        fid_from_features(np.zeros(10), np.zeros(10))
+    with pytest.raises(ValueError):
+        frechet_distance(np.zeros((2, 2)), np.eye(2), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError):
+        kid(np.zeros((4, 2, 2)), np.zeros((4, 2, 2)))
+
+
+def test_kid_matches_torchmetrics_on_full_sets():
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    f1, f2 = _sets(100, 100)
+    torch.manual_seed(0)
+    metric = KernelInceptionDistance(feature=_Passthrough(f1.shape[1]), subsets=3, subset_size=100)
+    metric.update(torch.from_numpy(f1), real=True)
+    metric.update(torch.from_numpy(f2), real=False)
+    expected_mean, expected_std = (float(v) for v in metric.compute())
+    # subset = whole set: every subset gives the same (permutation-invariant) value.
+    mean, std = kid(f1, f2, subset_size=100, n_subsets=3, seed=0)
+    assert mean == pytest.approx(expected_mean, rel=1e-9)
+    assert std == pytest.approx(0.0, abs=1e-12) and expected_std == pytest.approx(0.0, abs=1e-9)
+
+
+def test_poly_mmd_direct():
+    f1, f2 = _sets(30, 30, d=5)
+    g = 1.0 / 5
+    k = lambda a, b: (a @ b.T * g + 1.0) ** 3  # noqa: E731
+    m = 30
+    direct = (
+        sum(k(f1, f1)[i, j] for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+        + sum(k(f2, f2)[i, j] for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+        - 2 * k(f1, f2).mean()
+    )
+    assert poly_mmd2(f1, f2) == pytest.approx(direct, rel=1e-10)
+
+
+def test_kid_clamps_subset_size():
+    f1, f2 = _sets(40, 30)
+    with pytest.warns(RuntimeWarning, match="subset_size"):
+        mean, std = kid(f1, f2, subset_size=1000, n_subsets=5, seed=1)
+    assert mean > 0 and std >= 0
+    assert kid(f1, f2, subset_size=20, n_subsets=5, seed=1) == kid(f1, f2, subset_size=20, n_subsets=5, seed=1)
+
+
+def test_prdc_identical_and_disjoint():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(60, 8))
+    same = precision_recall_density_coverage(real, real.copy(), k=5)
+    assert same["precision"] == 1.0 and same["recall"] == 1.0 and same["coverage"] == 1.0
+    far = precision_recall_density_coverage(real, real + 1000.0, k=5)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_prdc_own_matches_package():
+    pytest.importorskip("prdc")
+    from medgen.eval.distribution import _prdc_own
+
+    f1, f2 = _sets(80, 70, d=6)
+    pkg = precision_recall_density_coverage(f1, f2, k=5)
+    own = _prdc_own(f1, f2, 5)
+    for key in pkg:
+        assert own[key] == pytest.approx(pkg[key], abs=0.02), key
+
+
+def test_evaluate_distribution_baseline():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(120, 4))
+    good = rng.normal(size=(80, 4))
+    bad = rng.normal(loc=2.0, size=(80, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # N > D: no warning expected
+        res = evaluate_distribution(real, bad, seed=0, n_bootstrap=20, kid_subset_size=50, kid_subsets=5)
+    assert res["n"] == 60 and res["feature_dim"] == 4
+    assert res["real_vs_fake"]["fd"] > 5 * res["real_vs_real"]["fd"]
+    lo, hi = res["bootstrap"]["real_vs_fake"]["fd"]
+    assert lo <= hi
+    assert res["bootstrap"]["real_vs_real"]["fd"][1] < lo
+    res_good = evaluate_distribution(real, good, seed=0, n_bootstrap=20, kid_subset_size=50, kid_subsets=5)
+    assert res_good["real_vs_fake"]["fd"] < 0.5
+    assert res_good == evaluate_distribution(real, good, seed=0, n_bootstrap=20, kid_subset_size=50, kid_subsets=5)
