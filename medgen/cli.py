@@ -135,6 +135,41 @@ def _translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encoder(args: argparse.Namespace) -> int:
+    from medgen.eval.run import train_study_encoder
+
+    path = train_study_encoder(prep_root=args.prep_root, split_path=args.split, modalities=args.modalities, out_path=args.out, steps=args.steps, seed=args.seed)
+    print(f"encoder: trained on the training split -> {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medgen.eval import run
+
+    if args.kind == "translation":
+        result = run.evaluate_translation(
+            task=json.loads(args.task_json), model=args.model, pred_dir=args.pred_dir, nifti_root=args.nifti_root,
+            prep_root=args.prep_root, split_path=args.split, out_json=args.out, seed=args.seed,
+        )
+        mae = result["aggregate"]["mae"]
+        print(f"evaluate: {args.model} MAE {mae['mean']:.4g} {result['units']} over {mae['n']} test subjects -> {args.out}")
+        return 0
+    from medgen.train.run import load_trained
+
+    meta = load_trained(args.checkpoint).meta
+    extractors: dict[str, dict] = {name: {} for name in args.features}
+    if "encoder" in extractors:
+        extractors["encoder"] = {"path": args.encoder}
+    if "radiomics" in extractors:
+        extractors["radiomics"] = {"image_types": ["Original"]}
+    result = run.evaluate_generation(
+        meta=meta, model=args.model, manifest=args.samples, prep_root=args.prep_root, split_path=args.split,
+        out_json=args.out, extractors=extractors, max_real=args.max_real, seed=args.seed,
+    )
+    print(f"evaluate: {args.model} likely copies {result['memorization']['likely_copy_share']:.1%} -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (also used to document the CLI)."""
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__.splitlines()[0])
@@ -227,6 +262,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom", action="store_true", help="write a derived DICOM series instead of NIfTI")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=_translate)
+
+    p = verbs.add_parser("encoder", help="train the study's in-domain feature encoder on the training split")
+    p.add_argument("--prep-root", type=Path, required=True)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--modalities", nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_encoder)
+
+    p = verbs.add_parser("evaluate", help="metrics of one trained model (paired for translation, distribution + memorization for generation)")
+    p.add_argument("kind", choices=["translation", "generation"])
+    p.add_argument("--model", required=True, help="model name (for the metrics file)")
+    p.add_argument("--prep-root", type=Path, required=True)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="metrics JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task-json", help="translation: the task as JSON (source, target)")
+    p.add_argument("--pred-dir", type=Path, help="translation: folder of <subject>.nii.gz outputs")
+    p.add_argument("--nifti-root", type=Path, help="translation: ingested volumes (ground truth)")
+    p.add_argument("--checkpoint", type=Path, help="generation: model.pt")
+    p.add_argument("--samples", type=Path, help="generation: manifest.tsv of the samples")
+    p.add_argument("--features", nargs="+", default=["radiomics"], help="generation: feature extractors")
+    p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
+    p.add_argument("--max-real", type=int, default=256, help="generation: real slices drawn per split")
+    p.set_defaults(handler=_evaluate)
     return parser
 
 

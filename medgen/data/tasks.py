@@ -155,7 +155,7 @@ class AugmentationDataset(Dataset):
         row = self.rows[i]
         vol = load_nifti(self.root / row["path"]).array
         image = apply_normalisation(vol[..., 0] if vol.shape[-1] == 1 else vol, self.mappings[row["modality"]])
-        label = int(row.get("label") or 0)
+        label = int(row["label"]) if str(row.get("label", "")).isdigit() else 0  # "n/a" when unconditional
         return {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], "label": label}
 
 

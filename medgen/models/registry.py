@@ -12,13 +12,20 @@ from typing import Any
 
 from medgen.models.base import GenerativeModel
 from medgen.models.cgan import ConditionalGAN
+from medgen.models.cut import CUT, FastCUT
+from medgen.models.cyclegan import CycleGAN
 from medgen.models.gan import DCGAN
 from medgen.models.glow import Glow
+from medgen.models.pix2pix import Pix2Pix
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "glow": Glow,
     "gan": DCGAN,
     "cgan": ConditionalGAN,
+    "cyclegan": CycleGAN,
+    "cut": CUT,
+    "fastcut": FastCUT,
+    "pix2pix": Pix2Pix,
 }
 
 
