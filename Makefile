@@ -20,7 +20,7 @@ install: $(BIN)/medgen
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --configfile configs/default.yaml --rerun-incomplete --printshellcmds
-	@echo "Demo finished: preprocessed volumes in results/prep/, split in results/splits.json"
+	@echo "Demo finished. Report: $(abspath results/report.html)"
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -1,5 +1,5 @@
 # medgen workflow: DICOM/NIfTI -> de-identified NIfTI -> preprocessed volumes -> subject split
-# -> trained models -> samples.
+# -> trained models -> samples and translated volumes -> metrics -> report.html.
 # Every rule calls the `medgen` command line; pipeline/ computes subjects and file names.
 import yaml
 
@@ -30,16 +30,21 @@ include: "rules/phantom.smk"
 include: "rules/ingest.smk"
 include: "rules/preprocess.smk"
 include: "rules/split.smk"
+from pipeline.splits import test_subjects
+from pipeline.targets import task_models
+
+TEST_SUBJECTS = test_subjects(config, SUBJECTS)
+
 include: "rules/train.smk"
 include: "rules/sample.smk"
-
-from pipeline.targets import task_models
+include: "rules/translate.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
         f"{RESULTS}/splits.json",
-        [f"{RESULTS}/augment/{t}/{m}/manifest.tsv" for t, m in task_models(config, "generation")],
-        [f"{RESULTS}/models/{t}/{m}/model.pt" for t, m in task_models(config, "translation")],
+        f"{RESULTS}/report.html",
     default_target: True

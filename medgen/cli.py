@@ -170,6 +170,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from medgen.report.html import report_main
+
+    code = report_main(args.results, args.out, args.config)
+    if code == 0:
+        print(f"report: {args.out.resolve()}")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (also used to document the CLI)."""
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__.splitlines()[0])
@@ -288,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
     p.add_argument("--max-real", type=int, default=256, help="generation: real slices drawn per split")
     p.set_defaults(handler=_evaluate)
+
+    p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")
+    p.add_argument("--results", type=Path, required=True, help="the workflow's results folder")
+    p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.add_argument("--config", type=Path, help="the config to show (default: RESULTS/config.yaml)")
+    p.set_defaults(handler=_report)
     return parser
 
 

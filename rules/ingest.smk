@@ -12,6 +12,8 @@ rule ingest:
         modalities=" ".join(MODALITIES),
     log:
         f"{RESULTS}/logs/ingest/{{subject}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ingest/{{subject}}.tsv"
     resources:
         mem_mb=4000,
         runtime=20,

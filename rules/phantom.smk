@@ -9,6 +9,8 @@ rule phantom:
         cfg=config["data"].get("phantom", {}),
     log:
         f"{RESULTS}/logs/phantom/{{subject}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/phantom/{{subject}}.tsv"
     resources:
         mem_mb=2000,
         runtime=10,

@@ -25,6 +25,8 @@ rule preprocess:
         register="--register" if config["preprocess"]["register"] else "",
     log:
         f"{RESULTS}/logs/preprocess/{{subject}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/preprocess/{{subject}}.tsv"
     resources:
         mem_mb=4000,
         runtime=20,

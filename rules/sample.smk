@@ -22,6 +22,8 @@ rule sample:
         seed=config["train"]["seed"],
     log:
         f"{RESULTS}/logs/sample/{{task}}/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample/{{task}}_{{model}}.tsv"
     resources:
         mem_mb=4000,
         runtime=30,

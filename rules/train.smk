@@ -2,6 +2,10 @@
 # resumable state, which Snakemake must not delete when a job fails or is killed.
 from pipeline.targets import model_options_json, task_json, train_setting
 
+# Several GPUs of one node: one process per GPU through torchrun (gradients averaged each step).
+_GPUS = config["train"]["gpus"]
+_MEDGEN_TRAIN = f"torchrun --standalone --nproc_per_node {_GPUS} -m medgen.cli train" if _GPUS > 1 else "medgen train"
+
 
 rule train:
     input:
@@ -20,12 +24,14 @@ rule train:
         flags=("" if config["train"]["amp"] else " --no-amp") + (" --compile" if config["train"]["compile"] else ""),
     log:
         f"{RESULTS}/logs/train/{{task}}/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{task}}_{{model}}.tsv"
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=config["train"]["gpus"],
     shell:
-        "medgen train --prep-root {params.prep} --split {input.split} --task-json {params.task:q}"
+        f"{_MEDGEN_TRAIN} --prep-root {{params.prep}} --split {{input.split}} --task-json {{params.task:q}}"
         " --model {wildcards.model} --options-json {params.options:q} --out {params.out}"
         " --steps {params.steps} --batch-size {params.batch} --seed {params.t[seed]} --device {params.t[device]}"
         " --ckpt-every {params.t[ckpt_every]} --log-every {params.t[log_every]} --image-every {params.t[image_every]}"

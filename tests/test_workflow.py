@@ -53,17 +53,18 @@ def test_default_dag(tmp_path):
     res = _snakemake(tmp_path, None, "-n")
     assert res.returncode == 0, res.stderr
     counts = _job_counts(res.stdout + res.stderr)
-    assert counts == {"phantom": 20, "ingest": 20, "preprocess": 20, "split": 1, "all": 1}
+    assert counts == {"phantom": 20, "ingest": 20, "preprocess": 20, "split": 1, "encoder": 1, "train": 9, "sample": 3, "translate": 18, "evaluate": 9, "report": 1, "all": 1}
 
 
 def test_dag_for_each_user_data_source(tmp_path):
-    (tmp_path / "dicom" / "patA").mkdir(parents=True)
-    (tmp_path / "dicom" / "patB").mkdir()
-    anat = tmp_path / "bids" / "sub-01" / "anat"
-    anat.mkdir(parents=True)
-    (anat / "sub-01_T1w.nii.gz").write_bytes(b"")
+    for name in ("patA", "patB", "patC", "patD"):
+        (tmp_path / "dicom" / name).mkdir(parents=True)
+    for sub in ("sub-01", "sub-02", "sub-03"):
+        anat = tmp_path / "bids" / sub / "anat"
+        anat.mkdir(parents=True)
+        (anat / f"{sub}_T1w.nii.gz").write_bytes(b"")
     (tmp_path / "m.tsv").write_text("subject\tmodality\tpath\nS1\tT1w\ta.nii.gz\nS2\tT1w\tb.nii.gz\nS3\tT1w\tc.nii.gz\n")
-    for data, n in (({"dicom_root": "dicom"}, 2), ({"bids_root": "bids"}, 1), ({"manifest": "m.tsv"}, 3)):
+    for data, n in (({"dicom_root": "dicom"}, 4), ({"bids_root": "bids"}, 3), ({"manifest": "m.tsv"}, 3)):
         res = _snakemake(tmp_path, {"data": data, "modalities": ["T1w"]}, "-n")
         assert res.returncode == 0, res.stderr
         counts = _job_counts(res.stdout + res.stderr)

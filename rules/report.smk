@@ -1,0 +1,23 @@
+# The study in one self-contained HTML page: data, losses, samples, translations, metrics, timing.
+
+
+rule report:
+    input:
+        [f"{RESULTS}/metrics/{t}/{m}.json" for t, m in task_models(config)],
+        f"{RESULTS}/splits.json",
+    output:
+        f"{RESULTS}/report.html",
+    params:
+        results=RESULTS,
+        config_file=f"{RESULTS}/config.yaml",
+    log:
+        f"{RESULTS}/logs/report.log",
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    run:
+        import yaml
+        from pathlib import Path
+
+        Path(params.config_file).write_text(yaml.safe_dump(config, sort_keys=False))
+        shell("medgen report --results {params.results} --out {output} --config {params.config_file} > {log} 2>&1")
