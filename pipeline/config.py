@@ -86,8 +86,8 @@ def _semantic_problems(cfg: dict[str, Any]) -> Iterator[str]:
             yield f"config key 'data.{key}': {cfg['data'][key]} does not exist"
 
 
-#: keys of a model's entry that configure its training rather than the model
-TRAIN_KEYS = ("steps", "batch_size")
+#: keys of a model's entry that configure its training or sampling rather than the model
+TRAIN_KEYS = ("steps", "batch_size", "temperature")
 GENERATION_MODELS = frozenset({"glow", "gan", "cgan"})
 
 

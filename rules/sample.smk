@@ -20,6 +20,7 @@ rule sample:
         n=lambda wc: config["tasks"][wc.task]["samples"],
         labels=_sample_labels,
         seed=config["train"]["seed"],
+        temperature=lambda wc: (config["tasks"][wc.task]["models"][wc.model] or {}).get("temperature", 1.0),
     log:
         f"{RESULTS}/logs/sample/{{task}}/{{model}}.log",
     benchmark:
@@ -28,4 +29,4 @@ rule sample:
         mem_mb=4000,
         runtime=30,
     shell:
-        "medgen sample --checkpoint {input.model} --n {params.n} --out {params.out} --seed {params.seed} {params.labels} > {log} 2>&1"
+        "medgen sample --checkpoint {input.model} --n {params.n} --out {params.out} --seed {params.seed} --temperature {params.temperature} {params.labels} > {log} 2>&1"

@@ -174,3 +174,39 @@ def test_labels_for_an_unconditional_model_are_refused(tmp_path: Path) -> None:
     trained = TrainedModel(ToyGenerator((H, W)), meta(dims=2, condition=None, classes=None, modalities=["T1w"]), None)
     with pytest.raises(ValueError, match="unconditional"):
         sample_to_files(trained, 2, tmp_path / "s", labels=[1])
+
+
+class _SometimesNaN(torch.nn.Module):
+    """Every third call returns one NaN sample: sampling must redraw it, never write NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    def sample(self, n, labels=None, temperature=1.0):
+        self.calls += 1
+        x = torch.rand(n, 1, 8, 8) * 2 - 1
+        if self.calls % 3 == 1:
+            x[0, 0, 0, 0] = float("nan")
+        return x
+
+
+def test_non_finite_samples_are_redrawn():
+    from medgen.synth.sample import _draw
+
+    model = _SometimesNaN()
+    images = _draw(model, [None] * 5, temperature=1.0, seed=0, batch_size=5)
+    assert torch.isfinite(images).all() and images.shape == (5, 1, 8, 8)
+    assert model.calls == 2
+
+
+def test_always_nan_model_fails_loudly():
+    from medgen.synth.sample import _draw
+
+    class AlwaysNaN(_SometimesNaN):
+        def sample(self, n, labels=None, temperature=1.0):
+            return torch.full((n, 1, 4, 4), float("nan"))
+
+    with pytest.raises(FloatingPointError, match="lower --temperature"):
+        _draw(AlwaysNaN(), [None] * 2, temperature=1.0, seed=0, batch_size=2)

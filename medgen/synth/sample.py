@@ -139,9 +139,40 @@ def _draw(model: torch.nn.Module, labels: list[int | None], *, temperature: floa
         torch.manual_seed(seed)
         for start in range(0, len(labels), batch_size):
             part = labels[start : start + batch_size]
-            y = None if part[0] is None else torch.tensor(part, dtype=torch.long, device=device)
-            chunks.append(model.sample(len(part), labels=y, temperature=temperature).detach().float().cpu())
+            chunks.append(_finite_batch(model, part, temperature=temperature, device=device))
     return torch.cat(chunks)
+
+
+#: redraws allowed for samples that come out NaN/inf before sampling gives up
+MAX_REDRAWS = 10
+
+
+def _finite_batch(model: torch.nn.Module, labels: list[int | None], *, temperature: float, device: torch.device) -> torch.Tensor:
+    """One batch of samples in which every sample is finite.
+
+    An invertible flow can overflow when it maps a far-out latent back to image space (the
+    coupling inverse divides by a scale); such samples are drawn again, up to
+    :data:`MAX_REDRAWS` times, and the number redrawn is logged. Never written as NaN.
+    """
+
+    def draw(part: list[int | None]) -> torch.Tensor:
+        y = None if part[0] is None else torch.tensor(part, dtype=torch.long, device=device)
+        return model.sample(len(part), labels=y, temperature=temperature).detach().float().cpu()
+
+    batch = draw(labels)
+    redrawn = 0
+    for _ in range(MAX_REDRAWS):
+        bad = [i for i in range(len(batch)) if not torch.isfinite(batch[i]).all()]
+        if not bad:
+            break
+        redrawn += len(bad)
+        batch[bad] = draw([labels[i] for i in bad])
+    else:
+        if not torch.isfinite(batch).all():
+            raise FloatingPointError(f"the model kept producing NaN/inf samples after {MAX_REDRAWS} redraws; try a lower --temperature")
+    if redrawn:
+        log.warning("redrew %d sample(s) that came out NaN/inf (temperature %g)", redrawn, temperature)
+    return batch
 
 
 def _display(image: np.ndarray) -> np.ndarray:
