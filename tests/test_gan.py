@@ -149,7 +149,7 @@ def test_registry_builds_every_model_and_names_errors():
     assert isinstance(build_model("glow", image_size=8, levels=2, steps_per_level=1, hidden_channels=8), Glow)
     assert type(build_model("gan", **TINY, image_size=8)) is DCGAN
     assert isinstance(build_model("cgan", **TINY, image_size=8, n_classes=4), ConditionalGAN)
-    with pytest.raises(KeyError, match="valid names: cgan, gan, glow"):
+    with pytest.raises(KeyError, match="valid names: " + ", ".join(sorted(MODELS))):
         build_model("vae")
     with pytest.raises(TypeError, match="'laten_dim'.*valid options: .*latent_dim"):
         build_model("gan", laten_dim=64)
