@@ -27,6 +27,7 @@ from monai.networks.nets import ResNet
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from medgen.eval.batching import batched_features, image_batch
 from medgen.io.atomic import atomic_write_bytes
 
 FORMAT = "medgen-encoder-v1"
@@ -170,15 +171,9 @@ class EncoderFeatures:
         self.batch_size = batch_size
         self.feature_dim = self.model.feature_dim
 
-    @torch.no_grad()
     def __call__(self, images: Any) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
-        if x.ndim == 3:
-            x = x[:, None]
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(f"expected slices (N, 1, H, W) or (N, H, W), got {tuple(x.shape)}")
-        out = [self.model(x[i : i + self.batch_size])[0] for i in range(0, x.shape[0], self.batch_size)]
-        return torch.cat(out).to(torch.float64).numpy()
+        x = image_batch(images, 2, "slices")
+        return batched_features(lambda b: self.model(b)[0], x, self.batch_size)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "weights": str(self.path), "weights_sha256": self.checksum, "modalities": self.modalities, "feature_dim": self.feature_dim}

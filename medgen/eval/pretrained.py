@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medgen.eval.batching import batched_features, image_batch
 from medgen.eval.encoder import sha256_file
 
 #: ImageNet channel statistics (RGB, images in [0, 1]).
@@ -194,15 +195,9 @@ class RadImageNetFeatures:
             return (x - mean) / torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
         return x.flip(1) - mean.flip(1)  # BGR order, BGR means
 
-    @torch.no_grad()
     def __call__(self, images: Any) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
-        if x.ndim == 3:
-            x = x[:, None]
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(f"expected 2D slices (N, 1, H, W) or (N, H, W), got {tuple(x.shape)}")
-        feats = [self.model(self.preprocess(x[i : i + self.batch_size])) for i in range(0, x.shape[0], self.batch_size)]
-        return torch.cat(feats).to(torch.float64).numpy()
+        x = image_batch(images, 2, "2D slices")
+        return batched_features(lambda b: self.model(self.preprocess(b)), x, self.batch_size)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "weights": str(self.path), "weights_sha256": self.checksum, "input_range": list(self.input_range), "input_norm": self.input_norm, "feature_dim": 2048}
@@ -269,16 +264,9 @@ class MedicalNetFeatures:
             out[i] = (v - fg.mean()) / fg.std().clamp_min(1e-8)
         return out
 
-    @torch.no_grad()
     def __call__(self, volumes: Any) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(volumes), dtype=torch.float32)
-        if x.ndim == 4:
-            x = x[:, None]
-        if x.ndim != 5 or x.shape[1] != 1:
-            raise ValueError(f"expected volumes (N, 1, D, H, W) or (N, D, H, W), got {tuple(x.shape)}")
-        x = self.preprocess(x)
-        feats = [self.model(x[i : i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
-        return torch.cat(feats).to(torch.float64).numpy()
+        x = self.preprocess(image_batch(volumes, 3, "volumes"))
+        return batched_features(self.model, x, self.batch_size)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "depth": self.depth, "weights": str(self.path), "weights_sha256": self.checksum, "input_norm": self.input_norm}
@@ -313,16 +301,11 @@ class InceptionFeatures:
         self.model.eval().requires_grad_(False)
         self.input_range, self.batch_size = input_range, batch_size
 
-    @torch.no_grad()
     def __call__(self, images: Any) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
-        if x.ndim == 3:
-            x = x[:, None]
-        x = _to_unit(x, self.input_range).repeat(1, 3, 1, 1)
+        x = _to_unit(image_batch(images, 2, "2D slices"), self.input_range).repeat(1, 3, 1, 1)
         x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        feats = [self.model(x[i : i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
-        return torch.cat(feats).to(torch.float64).numpy()
+        return batched_features(self.model, x, self.batch_size)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "weights": str(self.path), "weights_sha256": self.checksum, "feature_dim": 2048}
