@@ -79,14 +79,25 @@ def test_invalid_config_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+TINY_STUDY = {
+    "data": {"phantom": {"subjects": 4, "seed": 3, "spacing_mm": 4.0}},
+    "modalities": ["T1w", "T2w", "CT"],
+    "preprocess": {"spacing": [6.0, 6.0, 6.0], "size": [32, 32, 32]},
+    "split": {"fractions": [0.5, 0.25, 0.25]},
+    "tasks": {
+        "t1_gen": {"kind": "generation", "modalities": ["T1w"], "samples": 16,
+                   "models": {"gan": {"ngf": 8, "ndf": 8, "latent_dim": 16, "steps": 4, "batch_size": 4}}},
+        "t1_ct": {"kind": "translation", "source": "T1w", "target": "CT",
+                  "models": {"pix2pix": {"ngf": 4, "ndf": 8, "num_downs": 4, "num_layers_d": 2, "steps": 4, "batch_size": 2}}},
+    },
+    "train": {"gpus": 0, "image_every": 0, "ckpt_every": 2, "device": "cpu"},
+    "eval": {"features": ["encoder"], "encoder_steps": 5, "max_real": 32},
+}
+
+
 @pytest.mark.slow
 def test_real_run_on_a_small_phantom(tmp_path):
-    config = {
-        "data": {"phantom": {"subjects": 4, "seed": 3, "spacing_mm": 4.0}},
-        "modalities": ["T1w", "T2w", "CT"],
-        "preprocess": {"spacing": [4.0, 4.0, 4.0], "size": [48, 56, 48]},
-        "split": {"fractions": [0.5, 0.25, 0.25]},
-    }
+    config = json.loads(json.dumps(TINY_STUDY))
     res = _snakemake(tmp_path, config, "--cores", "2")
     assert res.returncode == 0, res.stderr[-4000:]
     results = tmp_path / "results"
@@ -97,13 +108,35 @@ def test_real_run_on_a_small_phantom(tmp_path):
         prep = results / "prep" / subject
         images = [nib.load(str(prep / f"{m}.nii.gz")) for m in ("T1w", "T2w", "CT", "mask", "labels")]
         for img in images:
-            assert img.shape == (48, 56, 48)
+            assert img.shape == (32, 32, 32)
             assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
             np.testing.assert_allclose(img.affine, images[0].affine, atol=1e-4)
         ct = images[2].get_fdata()
         assert -1.0 - 1e-5 <= ct.min() and ct.max() <= 1.0 + 1e-5
         sidecar = json.loads((results / "nifti" / subject / "CT.json").read_text())
         assert "DOE" not in json.dumps(sidecar)
+    # translated test volumes are in the ingested volume's own grid, in HU
+    test_subject = split["test"][0]
+    synth = nib.load(str(results / "synth" / "t1_ct" / "pix2pix" / f"{test_subject}.nii.gz"))
+    truth = nib.load(str(results / "nifti" / test_subject / "CT.nii.gz"))
+    assert synth.shape == truth.shape and np.allclose(synth.affine, truth.affine, atol=1e-5)
+    metrics = json.loads((results / "metrics" / "t1_ct" / "pix2pix.json").read_text())
+    assert metrics["units"] == "HU" and metrics["per_subject"][0]["subject"] == test_subject
+    gen = json.loads((results / "metrics" / "t1_gen" / "gan.json").read_text())
+    assert "real_vs_real" in gen["features"]["encoder"] and 0.0 <= gen["memorization"]["likely_copy_share"] <= 1.0
+    assert "id=\"metrics\"" in (results / "report.html").read_text()
     # A second run has nothing to do.
-    again = _snakemake(tmp_path, config, "--cores", "2", "-n")
+    again = _snakemake(tmp_path, config, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # Changing one model's options retrains that model (and what depends on it) only.
+    config["tasks"]["t1_gen"]["models"]["gan"]["ngf"] = 4
+    changed = _job_counts(_snakemake(tmp_path, config, "-n").stdout)
+    assert changed.get("train") == 1 and "translate" not in changed and "preprocess" not in changed
+    assert changed.get("sample") == 1 and changed.get("evaluate") == 1
+
+
+def test_3d_config_builds_its_dag(tmp_path):
+    res = _snakemake(tmp_path, yaml.safe_load((ROOT / "configs" / "study_3d.yaml").read_text()), "-n")
+    assert res.returncode == 0, res.stderr
+    counts = _job_counts(res.stdout + res.stderr)
+    assert counts["train"] == 2 and counts["translate"] == 2 * 3 and counts["evaluate"] == 2
