@@ -28,6 +28,8 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_phantom.py
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_translation.py --quick
 
 clean-demo:
 	rm -rf results .snakemake
