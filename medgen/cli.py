@@ -116,11 +116,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from medgen.synth.sample import sample_to_files
+    from medgen.synth.sample import held_out_label_maps, sample_to_files
     from medgen.train.run import load_trained
 
     trained = load_trained(args.checkpoint, device=args.device)
-    manifest = sample_to_files(trained, args.n, args.out, labels=args.labels, temperature=args.temperature, seed=args.seed)
+    label_maps = None
+    if args.label_maps_from is not None:
+        label_maps = held_out_label_maps(args.label_maps_from[0], args.label_maps_from[1], trained.meta["task"]["modalities"][:1])
+    manifest = sample_to_files(
+        trained, args.n, args.out, labels=args.labels, temperature=args.temperature, seed=args.seed, label_maps=label_maps
+    )
     print(f"sample: {args.n} samples -> {manifest}")
     return 0
 
@@ -260,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--label-maps-from", type=Path, nargs=2, metavar=("PREP_ROOT", "SPLIT"),
+                   help="label-map models: tissue maps of the test split's slices condition the samples")
     p.set_defaults(handler=_sample)
 
     p = verbs.add_parser("translate", help="translate a whole volume into the target modality, in scanner space and units")

@@ -5,6 +5,8 @@ def _sample_labels(wc):
     classes = config["tasks"][wc.task].get("condition")
     if classes is None:
         return ""
+    if classes == "label_map":
+        return f"--label-maps-from {RESULTS}/prep {RESULTS}/splits.json"
     n = len(config["tasks"][wc.task]["modalities"]) if classes == "modality" else config["tasks"][wc.task]["slice_bins"] if classes == "slice_bin" else 2
     return "--labels " + " ".join(str(i) for i in range(n))
 

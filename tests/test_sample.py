@@ -210,3 +210,33 @@ def test_always_nan_model_fails_loudly():
 
     with pytest.raises(FloatingPointError, match="lower --temperature"):
         _draw(AlwaysNaN(), [None] * 2, temperature=1.0, seed=0, batch_size=2)
+
+
+class _MapGenerator(nn.Module):
+    """sample(labels=maps) = 0.1 * map - 0.5: the image is a known function of its label map."""
+
+    def sample(self, n, *, labels=None, temperature=1.0):
+        assert labels is not None and labels.shape[0] == n
+        return 0.1 * labels.float() - 0.5
+
+
+def test_label_map_model_writes_image_and_label_pairs(tmp_path):
+    m = meta(dims=2, condition="label_map", classes=["all"], modalities=["T1w"])
+    trained = TrainedModel(_MapGenerator(), m, None)
+    maps = np.zeros((2, 1, H, W), dtype=np.int64)
+    maps[0, 0, 2:6, 3:9] = 7
+    maps[1, 0, 5:12, 1:4] = 3
+    manifest = sample_to_files(trained, 3, tmp_path / "s", label_maps=maps)
+    rows = read_manifest(manifest)
+    images = [r for r in rows if r["modality"] == "T1w"]
+    labels = [r for r in rows if r["modality"] == "labels"]
+    assert len(images) == len(labels) == 3
+    for i, (img_row, lab_row) in enumerate(zip(images, labels)):
+        img = nib.load(str(manifest.parent / img_row["path"]))
+        lab = nib.load(str(manifest.parent / lab_row["path"]))
+        np.testing.assert_allclose(img.affine, lab.affine)
+        np.testing.assert_array_equal(np.asarray(lab.dataobj)[..., 0], maps[i % 2, 0])
+        expected = (0.1 * maps[i % 2, 0] - 0.5) * T1["scale"] + T1["offset"]
+        np.testing.assert_allclose(img.get_fdata()[..., 0], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="pass label_maps"):
+        sample_to_files(trained, 2, tmp_path / "t")

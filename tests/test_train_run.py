@@ -112,3 +112,14 @@ def test_3d_translation_trains_on_patches_and_translates_a_whole_volume(tiny_coh
     assert summary["units"] == "HU"
     data = res.get_fdata()
     assert np.isfinite(data).all() and -1024.0 - 1e-3 <= data.min() and data.max() <= 3000.0 + 1e-3
+
+
+def test_label_map_condition_serves_tissue_maps(tiny_cohort):
+    train = read_split(tiny_cohort["split"])["train"]
+    ds = GenerationDataset(tiny_cohort["prep"], train, ["T1w"], condition="label_map")
+    items = [ds[i] for i in range(len(ds))]
+    assert all(it["labels"].shape == it["image"].shape == (1, 32, 32) and it["labels"].dtype == torch.int64 for it in items)
+    assert max(int(it["labels"].max()) for it in items) >= 7  # GM/WM labels of the phantom present
+    # air in the label map is background in the image (normalised T1w near its minimum)
+    item = items[len(items) // 2]
+    assert float(item["image"][item["labels"] == 0].mean()) < float(item["image"][item["labels"] > 0].mean())

@@ -2,7 +2,8 @@
 
 A *generation* task serves ``{"image": (1, *spatial), "label": int}`` (the label is the class of
 the condition: the modality, a slice-position bin, or lesion present/absent; 0 when
-unconditional). A *translation* task serves ``{"source": ..., "target": ...}``: registered pairs
+unconditional), plus ``"labels"`` (1, *spatial) int64, the tissue label map, for models that
+generate an image from a label map (``condition: label_map``). A *translation* task serves ``{"source": ..., "target": ...}``: registered pairs
 for paired models, or for unpaired ones a target drawn from another slice/patch (a permutation
 that depends only on the seed and the epoch, so a resumed run sees the same pairs).
 """
@@ -21,9 +22,11 @@ from medgen.data.datasets import PatchDataset, SliceDataset
 from medgen.data.normalise import apply_normalisation
 from medgen.io.nifti import load_nifti
 
-CONDITIONS = (None, "modality", "slice_bin", "lesion")
+CONDITIONS = (None, "modality", "slice_bin", "lesion", "label_map")
 #: label value of lesions in the phantom's label maps
 LESION_LABEL = 9
+#: manifest modality of the label maps that label-map models' samples come with
+LABEL_MAP_MODALITY = "labels"
 
 
 def _base_dataset(
@@ -62,7 +65,8 @@ class GenerationDataset(Dataset):
         self.modalities = list(modalities)
         self.condition = condition
         self.slice_bins = int(slice_bins)
-        self.base = _base_dataset(Path(prep_root), subjects, modalities, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, labels=condition == "lesion")
+        with_labels = condition in ("lesion", "label_map")
+        self.base = _base_dataset(Path(prep_root), subjects, modalities, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, labels=with_labels)
 
     @property
     def classes(self) -> list[str]:
@@ -73,7 +77,7 @@ class GenerationDataset(Dataset):
             return [f"slice-bin-{b}" for b in range(self.slice_bins)]
         if self.condition == "lesion":
             return ["no-lesion", "lesion"]
-        return ["all"]
+        return ["all"]  # unconditional, or conditioned on a whole label map
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.base, "set_epoch"):
@@ -85,7 +89,10 @@ class GenerationDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.base[i // len(self.modalities)]
         m = i % len(self.modalities)
-        return {"image": item[self.modalities[m]], "label": self._label(item, m)}
+        out = {"image": item[self.modalities[m]], "label": self._label(item, m)}
+        if self.condition == "label_map":
+            out["labels"] = item["labels"]
+        return out
 
     def _label(self, item: Mapping[str, Any], m: int) -> int:
         if self.condition == "modality":
@@ -142,7 +149,8 @@ class AugmentationDataset(Dataset):
     def __init__(self, manifest: Path | str, mappings: Mapping[str, Mapping], classes: Sequence[str]) -> None:
         manifest = Path(manifest)
         with open(manifest, newline="") as fh:
-            self.rows = [r for r in csv.DictReader(fh, delimiter="\t")]
+            # label maps listed beside label-map samples are conditions, not training images
+            self.rows = [r for r in csv.DictReader(fh, delimiter="\t") if r["modality"] != LABEL_MAP_MODALITY]
         unknown = sorted({r["modality"] for r in self.rows} - set(mappings))
         if unknown:
             raise ValueError(f"{manifest}: modalities {unknown} are not among the task's {sorted(mappings)}")

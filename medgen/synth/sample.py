@@ -155,8 +155,13 @@ def _finite_batch(model: torch.nn.Module, labels: list[int | None], *, temperatu
     :data:`MAX_REDRAWS` times, and the number redrawn is logged. Never written as NaN.
     """
 
-    def draw(part: list[int | None]) -> torch.Tensor:
-        y = None if part[0] is None else torch.tensor(part, dtype=torch.long, device=device)
+    def draw(part: list[Any]) -> torch.Tensor:
+        if part[0] is None:
+            y = None
+        elif isinstance(part[0], torch.Tensor):  # label maps (1, *spatial) for label-map models
+            y = torch.stack(part).to(device)
+        else:
+            y = torch.tensor(part, dtype=torch.long, device=device)
         return model.sample(len(part), labels=y, temperature=temperature).detach().float().cpu()
 
     batch = draw(labels)
@@ -204,6 +209,29 @@ def _write_samples(
             name = f"sample_{i:05d}.nii.gz" if len(modalities) == 1 else f"sample_{i:05d}_{modality}.nii.gz"
             path = save_nifti(out_dir / "images" / name, volume, affine)
             written.append(_Sample(i, modality, label, path, _display(values)))
+    return written
+
+
+def held_out_label_maps(prep_root: Path, split_path: Path, modalities: Sequence[str]) -> np.ndarray:
+    """Tissue label maps (M, 1, H, W) of the test split's slices, to condition label-map models
+    on anatomy they were not trained on."""
+    from medgen.data.datasets import SliceDataset
+    from medgen.data.splits import read_split
+
+    ds = SliceDataset(prep_root, read_split(split_path)["test"], list(modalities), labels=True, min_mask_fraction=0.15)
+    return np.stack([ds[i]["labels"].numpy() for i in range(len(ds))])
+
+
+def _write_label_maps(trained: TrainedModel, maps: list[torch.Tensor], out_dir: Path) -> list[_Sample]:
+    """Each sample's label map as a NIfTI beside its image, on the same affine."""
+    data = trained.meta["data"]
+    dims, axis = int(data.get("spatial_dims", 2)), int(data.get("slice_axis", 2))
+    written = []
+    for i, label_map in enumerate(maps):
+        values = label_map.numpy()[0]
+        affine = sample_affine(np.asarray(data["affine"]), dims, axis, _slice_index(data, trained.meta["task"], None, axis) if dims == 2 else 0.0)
+        path = save_nifti(out_dir / "images" / f"labels_{i:05d}.nii.gz", values[..., None] if dims == 2 else values, affine, dtype=np.uint8)
+        written.append(_Sample(i, "labels", None, path, values.astype(np.float32)))
     return written
 
 
@@ -284,6 +312,7 @@ def sample_to_files(
     temperature: float = 1.0,
     seed: int = 0,
     batch_size: int = 16,
+    label_maps: np.ndarray | None = None,
 ) -> Path:
     """Draw ``n`` samples and write ``out_dir/images/sample_XXXXX.nii.gz``, ``manifest.tsv`` and ``grid.png``.
 
@@ -291,6 +320,10 @@ def sample_to_files(
     conditional model without labels cycles over all its classes. For a modality-conditioned
     model the label indexes ``task["classes"]`` and picks the modality (and its mapping). The
     same ``seed`` gives the same samples. Returns the manifest path.
+
+    A model that generates from a label map (task condition ``label_map``) takes ``label_maps``
+    (M, 1, *spatial) integer tissue maps, cycled over the samples; each map is written beside its
+    image (``labels_XXXXX.nii.gz``, manifest modality ``labels``) so that the set comes with labels.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -300,11 +333,20 @@ def sample_to_files(
     if task.get("kind") != "generation":
         raise ValueError(f"model task {task.get('name')!r} is a {task.get('kind')!r} task, not generation")
     out_dir = Path(out_dir)
-    per_sample = _labels_for(task, n, labels)
+    if task.get("condition") == "label_map":
+        if label_maps is None or len(label_maps) == 0:
+            raise ValueError(f"task {task.get('name')!r} generates images from label maps: pass label_maps")
+        maps = [torch.as_tensor(np.asarray(label_maps[i % len(label_maps)]), dtype=torch.long) for i in range(n)]
+        per_sample: list[Any] = [None] * n
+        conditions: list[Any] = maps
+    else:
+        per_sample = _labels_for(task, n, labels)
+        conditions = per_sample
     model = trained.model.eval()
-    images = _draw(model, per_sample, temperature=temperature, seed=seed, batch_size=batch_size)
+    images = _draw(model, conditions, temperature=temperature, seed=seed, batch_size=batch_size)
     samples = _write_samples(trained, images, per_sample, out_dir)
-    manifest = _write_manifest(samples, out_dir, _source_name(trained))
+    pairs = _write_label_maps(trained, conditions, out_dir) if conditions is not per_sample else []
+    manifest = _write_manifest(samples + pairs, out_dir, _source_name(trained))
     _write_grid(samples, out_dir / "grid.png")
     log.info("wrote %d samples to %s", n, out_dir)
     return manifest
