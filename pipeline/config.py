@@ -88,7 +88,8 @@ def _semantic_problems(cfg: dict[str, Any]) -> Iterator[str]:
 
 #: keys of a model's entry that configure its training or sampling rather than the model
 TRAIN_KEYS = ("steps", "batch_size", "temperature")
-GENERATION_MODELS = frozenset({"glow", "gan", "cgan"})
+LABEL_MAP_MODELS = frozenset({"spade"})
+GENERATION_MODELS = frozenset({"glow", "gan", "cgan", "spade", "stylegan", "ldm", "vaegan", "bigan"})
 
 
 def _task_problems(cfg: dict[str, Any]) -> Iterator[str]:
@@ -111,6 +112,8 @@ def _task_problems(cfg: dict[str, Any]) -> Iterator[str]:
             if model not in MODELS:
                 yield f"config key '{key}.models.{model}': unknown model; valid names: {', '.join(sorted(MODELS))}"
                 continue
+            if (model in LABEL_MAP_MODELS) != (task.get("condition") == "label_map"):
+                yield f"config key '{key}.models.{model}': label-map models ({', '.join(sorted(LABEL_MAP_MODELS))}) and condition 'label_map' go together"
             wrong_kind = (model in GENERATION_MODELS) != (task["kind"] == "generation")
             if wrong_kind:
                 yield f"config key '{key}.models.{model}': a {'generation' if model in GENERATION_MODELS else 'translation'} model in a {task['kind']} task"

@@ -1,8 +1,8 @@
 """Name -> model class, and construction from a YAML options dict.
 
 ``build_model("gan", spatial_dims=2, image_size=64, in_channels=1)`` fills the model's config
-dataclass (``cls.config_class``) and rejects unknown option names. Translation models
-(cyclegan, cut, pix2pix) are added by adding entries to :data:`MODELS`.
+dataclass (``cls.config_class``) and rejects unknown option names. Adding a model is adding a
+file and an entry to :data:`MODELS`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from medgen.models.cut import CUT, FastCUT
 from medgen.models.cyclegan import CycleGAN
 from medgen.models.gan import DCGAN
 from medgen.models.glow import Glow
+from medgen.models.ldm import LatentDiffusion
 from medgen.models.pix2pix import Pix2Pix
+from medgen.models.spade import SPADEGAN
+from medgen.models.stylegan import StyleGAN
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "glow": Glow,
@@ -26,6 +29,9 @@ MODELS: dict[str, type[GenerativeModel]] = {
     "cut": CUT,
     "fastcut": FastCUT,
     "pix2pix": Pix2Pix,
+    "spade": SPADEGAN,
+    "stylegan": StyleGAN,
+    "ldm": LatentDiffusion,
 }
 
 

@@ -71,13 +71,18 @@ def _task_modalities(task: Mapping[str, Any]) -> list[str]:
     return [task["source"], task["target"]] if task["kind"] == "translation" else list(task["modalities"])
 
 
-def _fill_shape_options(name: str, options: dict[str, Any], sample: Mapping[str, torch.Tensor], n_classes: int) -> dict[str, Any]:
-    """Options the data decide (image size, class count) unless the config set them."""
+#: task conditions that are class labels (a label map is not)
+CLASS_CONDITIONS = frozenset({"modality", "slice_bin", "lesion"})
+
+
+def _fill_shape_options(name: str, options: dict[str, Any], sample: Mapping[str, torch.Tensor], n_classes: int | None) -> dict[str, Any]:
+    """Options the data decide (image size; class count of class-conditioned tasks) unless the
+    config set them."""
     fields = {f.name for f in dataclasses.fields(MODELS[name].config_class)}
     image = sample.get("image", sample.get("source"))
     if "image_size" in fields and "image_size" not in options:
         options["image_size"] = int(image.shape[-1])
-    if "n_classes" in fields and "n_classes" not in options:
+    if "n_classes" in fields and "n_classes" not in options and n_classes is not None:
         options["n_classes"] = n_classes
     return options
 
@@ -107,7 +112,8 @@ def train_task(
     classes = getattr(dataset, "classes", None)
     if extra_manifests:
         dataset = with_augmentation(dataset, extra_manifests, mappings, classes or modalities)
-    options = _fill_shape_options(model_name, options, dataset[0], len(classes or [0]))
+    n_classes = len(classes) if classes and task.get("condition") in CLASS_CONDITIONS else None
+    options = _fill_shape_options(model_name, options, dataset[0], n_classes)
     model = build_model(model_name, **options)
     meta = {
         "model": model_name,
