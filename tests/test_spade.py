@@ -81,7 +81,7 @@ def test_label_map_changes_image_for_same_z():
 
 def test_label_map_is_required_and_validated():
     model = SPADEGAN(SPADEConfig(**TINY))
-    with pytest.raises(ValueError, match="label map"):
+    with pytest.raises(NotImplementedError, match="label map"):  # no unconditional sampling
         model.sample(2)
     with pytest.raises(ValueError, match="label values"):
         model.sample(1, labels=torch.full((1, 1, S, S), 3))

@@ -299,8 +299,8 @@ class SPADEGAN(GenerativeModel):
     def sample(self, n: int, *, labels: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
         """``n`` images (n, C, *sp) in [-1, 1] for the integer label maps ``labels``
         (n, 1, *sp), required; ``temperature`` scales z."""
-        if labels is None:
-            raise ValueError("SPADE synthesises images from label maps: pass labels=(N, 1, *spatial) integer label map")
+        if labels is None:  # the base contract for "cannot sample unconditionally"
+            raise NotImplementedError("SPADE synthesises images from label maps: pass labels=(N, 1, *spatial) integer label map")
         s = self.config.image_size
         spatial = tuple(labels.shape[-self.config.spatial_dims :])
         if labels.shape[0] != n:
