@@ -1,12 +1,14 @@
-"""Training throughput (images/s) and peak memory per generative model at two image sizes.
+"""Training throughput (images/s), sampling time per image and peak memory per generative model.
 
-Usage: python benchmarks/bench_train.py [--sizes 32 64] [--steps 20] [--models glow gan cgan] [--device auto]
+Usage: python benchmarks/bench_train.py [--sizes 32 64] [--steps 20] [--models glow gan cgan ...] [--device auto]
 
 Each (model, size) runs in its own process through the real training engine on random data in
 [-1, 1] (throughput does not depend on the pixel values), so that peak memory is that model's
 alone: max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Images/s is the engine's own
-figure over the timed steps, after warm-up steps. The ratio column compares each model with the
-GAN at the same size in the same run. Prints numbers, asserts nothing.
+figure over the timed steps, after warm-up steps; sampling time is per image over one batch of
+32 after training (the diffusion model with its configured number of DDIM steps). The ratio
+columns compare each model with the GAN at the same size in the same run. Prints numbers,
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ OPTIONS = {
     "glow": {"levels": 3, "steps_per_level": 8, "hidden_channels": 64},
     "gan": {"ngf": 32, "ndf": 32},
     "cgan": {"ngf": 32, "ndf": 32, "n_classes": 3},
+    "stylegan": {"fmaps": 32, "latent_dim": 64, "w_dim": 64},
+    "vaegan": {"ngf": 32, "ndf": 32},
+    "bigan": {"ngf": 32, "ndf": 32},
+    "spade": {"ngf": 32, "ndf": 32, "latent_dim": 32, "patch_layers": 2},
+    "ldm": {"ae_channels": [16, 32], "unet_channels": [32, 64], "ae_steps": 1, "sample_steps": 25},
 }
+#: the phantom's tissue labels 0..9, for label-map models
+N_TISSUES = 10
+SAMPLE_BATCH = 32
 
 
 class RandomImages(torch.utils.data.Dataset):
@@ -33,15 +43,23 @@ class RandomImages(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(0)
         self.images = torch.rand(n, 1, size, size, generator=g) * 2 - 1
         self.labels = torch.randint(0, n_classes, (n,), generator=g)
+        self.maps = torch.randint(0, N_TISSUES, (n, 1, size, size), generator=g)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": int(self.labels[i])}
+        return {"image": self.images[i], "label": int(self.labels[i]), "labels": self.maps[i]}
 
 
 def _run(model_name: str, size: int, steps: int, warmup: int, batch: int, device: str, queue: mp.Queue) -> None:
+    try:
+        _measure_in_child(model_name, size, steps, warmup, batch, device, queue)
+    except Exception as exc:  # report instead of leaving the parent waiting
+        queue.put({"model": model_name, "size": size, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _measure_in_child(model_name: str, size: int, steps: int, warmup: int, batch: int, device: str, queue: mp.Queue) -> None:
     from medgen.models.registry import build_model
     from medgen.train.engine import TrainConfig, Trainer
 
@@ -59,12 +77,31 @@ def _run(model_name: str, size: int, steps: int, warmup: int, batch: int, device
             torch.cuda.reset_peak_memory_stats()
         trainer.fit(resume=True)
         lines = [json.loads(x) for x in (Path(tmp) / "log.jsonl").read_text().splitlines()]
+        seconds_per_image = _sampling_seconds(model_name, trainer.model, size, trainer.device)
     rate = lines[-1]["images_per_s"]
     if trainer.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"model": model_name, "size": size, "images_per_s": rate, "peak_mb": peak_mb, "device": str(trainer.device)})
+    queue.put({"model": model_name, "size": size, "images_per_s": rate, "sample_s": seconds_per_image, "peak_mb": peak_mb, "device": str(trainer.device)})
+
+
+def _sampling_seconds(model_name: str, model: torch.nn.Module, size: int, device: torch.device) -> float:
+    """Seconds per image of ``model.sample`` over one batch (label maps for label-map models)."""
+    import time
+
+    labels = None
+    if model_name == "spade":
+        labels = torch.randint(0, N_TISSUES, (SAMPLE_BATCH, 1, size, size), device=device)
+    elif model_name == "cgan":
+        labels = torch.arange(SAMPLE_BATCH, device=device) % 3
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.sample(SAMPLE_BATCH, labels=labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / SAMPLE_BATCH
 
 
 def measure(model_name: str, size: int, steps: int, warmup: int, batch: int, device: str) -> dict:
@@ -87,12 +124,16 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     rows = [measure(m, s, args.steps, args.warmup, args.batch_size, args.device) for s in args.sizes for m in args.models]
+    for row in [r for r in rows if "error" in r]:
+        print(f"{row['model']} at {row['size']}: {row['error']}")
+    rows = [r for r in rows if "error" not in r]
     print(f"device: {rows[0]['device']}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'model':8s} {'size':>5s} {'images/s':>10s} {'peak MB':>9s} {'vs gan':>7s}")
+    print(f"{'model':8s} {'size':>5s} {'images/s':>10s} {'vs gan':>7s} {'ms/sample':>10s} {'vs gan':>7s} {'peak MB':>9s}")
     for row in rows:
-        ref = next((r["images_per_s"] for r in rows if r["model"] == "gan" and r["size"] == row["size"]), None)
-        ratio = f"{row['images_per_s'] / ref:7.2f}" if ref else "      -"
-        print(f"{row['model']:8s} {row['size']:5d} {row['images_per_s']:10.1f} {row['peak_mb']:9.0f} {ratio}")
+        ref = next((r for r in rows if r["model"] == "gan" and r["size"] == row["size"]), None)
+        train_ratio = f"{row['images_per_s'] / ref['images_per_s']:7.2f}" if ref else "      -"
+        sample_ratio = f"{row['sample_s'] / ref['sample_s']:7.1f}" if ref else "      -"
+        print(f"{row['model']:8s} {row['size']:5d} {row['images_per_s']:10.1f} {train_ratio} {1000 * row['sample_s']:10.2f} {sample_ratio} {row['peak_mb']:9.0f}")
 
 
 if __name__ == "__main__":

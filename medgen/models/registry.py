@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from medgen.models.base import GenerativeModel
+from medgen.models.bigan import BiGAN
 from medgen.models.cgan import ConditionalGAN
 from medgen.models.cut import CUT, FastCUT
 from medgen.models.cyclegan import CycleGAN
@@ -20,6 +21,7 @@ from medgen.models.ldm import LatentDiffusion
 from medgen.models.pix2pix import Pix2Pix
 from medgen.models.spade import SPADEGAN
 from medgen.models.stylegan import StyleGAN
+from medgen.models.vaegan import VAEGAN
 
 MODELS: dict[str, type[GenerativeModel]] = {
     "glow": Glow,
@@ -32,6 +34,8 @@ MODELS: dict[str, type[GenerativeModel]] = {
     "spade": SPADEGAN,
     "stylegan": StyleGAN,
     "ldm": LatentDiffusion,
+    "vaegan": VAEGAN,
+    "bigan": BiGAN,
 }
 
 
