@@ -115,7 +115,7 @@ def _generation_metrics() -> dict[str, Any]:
     return {
         "kind": "generation", "task": "t1w_synthesis", "model": "gan", "n": 64,
         "features": {
-            "radiomics": {"checksum": None, "real_vs_fake": fake, "real_vs_real": real, "bootstrap": {"fd": [10.5, 14.25], "kid_mean": [0.01, 0.015]}},
+            "radiomics": {"checksum": None, "real_vs_fake": fake, "real_vs_real": real, "bootstrap": {"real_vs_fake": {"fd": [10.5, 14.25], "kid_mean": [0.01, 0.015]}}},
             "medicalnet": {"checksum": "abcdef0123456789", "real_vs_fake": {"fd": 3.25}},
         },
         "memorization": {"likely_copy_share": 0.03125, "threshold": 0.25, "closest_pairs_png": "gan_closest_pairs.png"},

@@ -556,7 +556,7 @@ def _generation_tables(entry: Mapping[str, Any]) -> str:
         values = values if isinstance(values, Mapping) else {}
         rows = []
         for key, label, digits in GENERATION_METRICS:
-            ci = _get(values, "bootstrap", key)
+            ci = _get(values, "bootstrap", "real_vs_fake", key)  # as medgen.eval.distribution writes it
             ci_text = f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else MISSING
             rows.append([esc(label), fmt(_get(values, "real_vs_fake", key), digits), fmt(_get(values, "real_vs_real", key), digits), ci_text])
         checksum = values.get("checksum")
