@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medgen.models.base import GenerativeModel, StepContext
-from medgen.models.gan import DCGANConfig, DCGANDiscriminator, Generator, bce_with_logits, dcgan_init
+from medgen.models.gan import DCGANConfig, DCGANDiscriminator, Generator, bce_with_logits, dcgan_init, sample_from_prior
 
 
 @dataclass
@@ -144,16 +144,7 @@ class BiGAN(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, *, labels: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
         """``n`` images G(z), z ~ N(0, temperature² I), generator in eval mode; (n, C, *spatial)."""
-        if labels is not None:
-            raise ValueError("BiGAN is unconditional; labels must be None")
-        device = next(self.generator.parameters()).device
-        z = temperature * torch.randn(n, self.config.latent_dim, device=device)
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
-            return self.generate(z)
-        finally:
-            self.generator.train(was_training)
+        return sample_from_prior("BiGAN", self.generator, self.generate, self.config.latent_dim, n, labels, temperature)
 
     # -- engine interface ------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from monai.losses import PatchAdversarialLoss
@@ -45,6 +45,24 @@ G_LOSSES = ("non_saturating", "minimax")
 ADVERSARIAL_LOSSES = ("bce", "least_squares", "hinge")
 DISCRIMINATORS = ("dcgan", "patch")
 UPSAMPLING = ("transpose", "nearest")
+
+
+def sample_from_prior(
+    name: str, network: nn.Module, decode: Callable[[torch.Tensor], torch.Tensor], latent_dim: int, n: int, labels: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
+    """``decode(z)`` for z ~ N(0, temperature² I) of shape (n, latent_dim), with ``network`` in eval
+    mode (batch-norm running statistics) and its mode restored: sampling of unconditional
+    latent-variable models."""
+    if labels is not None:
+        raise ValueError(f"{name} is unconditional; labels must be None")
+    device = next(network.parameters()).device
+    z = temperature * torch.randn(n, latent_dim, device=device)
+    was_training = network.training
+    network.eval()
+    try:
+        return decode(z)
+    finally:
+        network.train(was_training)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

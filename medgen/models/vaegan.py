@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medgen.models.base import GenerativeModel, StepContext
-from medgen.models.gan import DCGANConfig, DCGANDiscriminator, Generator, _choice, bce_with_logits, dcgan_init, generator_bce_loss
+from medgen.models.gan import DCGANConfig, DCGANDiscriminator, Generator, _choice, bce_with_logits, dcgan_init, generator_bce_loss, sample_from_prior
 
 PIXEL_LOSSES = ("l1", "mse")
 
@@ -172,16 +172,7 @@ class VAEGAN(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, *, labels: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
         """``n`` images Dec(z), z ~ N(0, temperature² I), decoder in eval mode; (n, C, *spatial)."""
-        if labels is not None:
-            raise ValueError("VAEGAN is unconditional; labels must be None")
-        device = next(self.decoder.parameters()).device
-        z = temperature * torch.randn(n, self.config.latent_dim, device=device)
-        was_training = self.decoder.training
-        self.decoder.eval()
-        try:
-            return self.decode(z)
-        finally:
-            self.decoder.train(was_training)
+        return sample_from_prior("VAEGAN", self.decoder, self.decode, self.config.latent_dim, n, labels, temperature)
 
     # -- losses ----------------------------------------------------------------------------
     def feature_recon(self, real: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
