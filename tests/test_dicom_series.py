@@ -12,7 +12,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import RLELossless
 
-from medgen.io.dicom_series import DicomSeriesError, load_series, scan_dicom
+from medgen.io.dicom_series import DicomSeriesError, load_series, scan_dicom, split_series
 from medgen.io.dicom_write import quantise, write_dicom_series
 
 TEST_FILES = Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent
@@ -132,7 +132,9 @@ def test_missing_slice_refused_then_resampled(tmp_path):
     with pytest.raises(DicomSeriesError) as err:
         load_series(series)
     msg = str(err.value)
-    assert 'series 3 "synthetic"' in msg and "expected 2 mm" in msg and "4 mm" in msg
+    # The series by number and a file, never by its free-text description; the fix in the user's words.
+    assert "series 3 (" in msg and "synthetic" not in msg and "expected 2 mm" in msg and "4 mm" in msg
+    assert "--on-uneven resample" in msg and "ingest.on_uneven: resample" in msg
     assert "9 slices found" in msg and "would have 10" in msg and "(0020,0032)" in msg
     loaded = load_series(series, on_uneven="resample")
     assert loaded.array.shape == (6, 5, 10)
@@ -166,10 +168,14 @@ def test_gantry_tilt_refused_then_resampled(tmp_path):
     write(tmp_path, vol, tilted_affine(45.0), extra={"GantryDetectorTilt": 45.0})
     series = only_series(tmp_path)
     with pytest.raises(DicomSeriesError, match=r"gantry tilt of 45\.00 deg") as err:
-        load_series(series)
-    assert "(0018,1120)" in str(err.value) and 'series 3 "synthetic"' in str(err.value)
-    loaded = load_series(series, on_tilt="resample")
+        load_series(series, on_tilt="refuse")
+    assert "(0018,1120)" in str(err.value) and "series 3 (" in str(err.value) and "--on-tilt refuse" in str(err.value)
+    loaded = load_series(series)  # resampled by default
     assert loaded.corrections["tilt_resampled"] is True
+    # The grid holds the whole sheared stack: 12 rows + 4 mm of shear over the 5 slices = 16 rows,
+    # and every acquired pixel lands on a grid pixel (whole-pixel shifts), so none is lost.
+    assert loaded.array.shape == (9, 16, 5)
+    assert np.count_nonzero(loaded.array != -1000.0) == 5 and np.count_nonzero(loaded.array == -1000.0) == 9 * 16 * 5 - 5
     assert loaded.corrections["gantry_tilt_deg"] == pytest.approx(45.0, abs=1e-3)
     rot = loaded.affine[:3, :3]
     np.testing.assert_allclose(rot.T @ rot, np.eye(3), atol=1e-9)  # orthogonal, no shear left
@@ -190,16 +196,21 @@ def test_header_tilt_without_shear_only_warns(tmp_path):
 
 def test_pydicom_tilted_series_is_a_two_plane_scout():
     """dcm2niix reports a 45 deg gantry tilt for dicomdirtests/98892001/CT2N (series 4 "Scout"):
-    its two images are a sagittal and a coronal localizer 265 mm apart in x and y. medgen refuses it."""
+    its two images are a sagittal and a coronal localizer 265 mm apart in x and y. medgen skips it
+    as a localizer and, without the LOCALIZER flag, would split it by orientation, never stack it."""
     series = [s for s in scan_dicom([DICOMDIR_TESTS / "98892001" / "CT2N"]).series]
-    assert len(series) == 1 and series[0].label == 'series 4 "Scout"'
+    assert len(series) == 1 and series[0].label == "series 4"
+    assert split_series(series[0]).parts == [series[0]]  # a localizer series stays whole and is refused once
     with pytest.raises(DicomSeriesError, match="LOCALIZER"):
         load_series(series[0])
     series[0].image_type = ("ORIGINAL", "PRIMARY", "AXIAL")  # even without the LOCALIZER flag
-    with pytest.raises(DicomSeriesError, match=r"2 slice\(s\)"):
-        load_series(series[0], on_tilt="resample")
     with pytest.raises(DicomSeriesError, match="orientations"):
-        load_series(series[0], min_slices=2, on_tilt="resample")
+        load_series(series[0])
+    for frame in series[0].frames:
+        object.__setattr__(frame, "image_type", ("ORIGINAL", "PRIMARY", "AXIAL"))
+    parts = split_series(series[0]).parts
+    assert [p.acq for p in parts] == ["sag", "cor"]  # InstanceNumber 1 is the sagittal image
+    assert [load_series(p).array.shape for p in parts] == [(16, 16, 1), (16, 16, 1)]
 
 
 def test_several_series_in_one_folder(tmp_path):
@@ -208,19 +219,38 @@ def test_several_series_in_one_folder(tmp_path):
     write(tmp_path, series_number=2, series_description="first", modality="MR", rescale=(1.0, 0.0), study_uid=study,
           volume=ramp_volume() + 300, file_names=[f"a{k}" for k in range(8)])
     report = scan_dicom([tmp_path])
-    assert [s.label for s in report.series] == ['series 2 "first"', 'series 7 "second"']
+    assert [s.label for s in report.series] == ["series 2", "series 7"]
     assert [s.modality for s in report.series] == ["MR", "CT"]
     assert all(len(s.files) == 8 for s in report.series)
     assert load_series(report.series[0]).array.min() == ramp_volume().min() + 300
 
 
-def test_mixed_orientations_refused():
+def test_mixed_orientations_split_one_image_per_plane():
+    """The two three-plane pilot series of dicomdirtests/98892003/MR2 split into axial, coronal and
+    sagittal single slices, each placed where its own header says (as dcm2niix does)."""
     report = scan_dicom([DICOMDIR_TESTS / "98892003" / "MR2"])
     pilots = [s for s in report.series if "PILOT" in s.description]
     assert len(pilots) == 2
     for s in pilots:
         with pytest.raises(DicomSeriesError, match=r"mixes 3 slice orientations .*\(0020,0037\)"):
-            load_series(s)
+            load_series(s)  # never stacked
+        split = split_series(s)
+        assert sorted(p.acq for p in split.parts) == ["axi", "cor", "sag"]
+        assert "3 slice orientations" in split.notes[0] and "single-slice" in split.notes[0]
+        for part in split.parts:
+            ds = pydicom.dcmread(part.files[0])
+            loaded = load_series(part)
+            assert loaded.array.shape == (16, 16, 1)
+            np.testing.assert_array_equal(loaded.array[:, :, 0].T, ds.pixel_array)
+            iop = np.array(ds.ImageOrientationPatient, dtype=float)
+            ras = np.diag([-1.0, -1.0, 1.0])
+            # First pixel at ImagePositionPatient, axes along ImageOrientationPatient (RAS = LPS with x, y negated).
+            np.testing.assert_allclose(loaded.affine[:3, 3], ras @ np.array(ds.ImagePositionPatient, float), atol=1e-4)
+            np.testing.assert_allclose(loaded.affine[:3, 0], ras @ iop[:3] * float(ds.PixelSpacing[1]), atol=1e-6)
+            np.testing.assert_allclose(loaded.affine[:3, 1], ras @ iop[3:] * float(ds.PixelSpacing[0]), atol=1e-6)
+            # Third voxel size: SliceThickness (10 mm here).
+            assert np.linalg.norm(loaded.affine[:3, 2]) == pytest.approx(float(ds.SliceThickness))
+            assert loaded.info["slice_step_source"] == "SliceThickness (0018,0050)"
 
 
 def test_localizer_and_too_few_slices(tmp_path):
@@ -228,9 +258,9 @@ def test_localizer_and_too_few_slices(tmp_path):
     with pytest.raises(DicomSeriesError, match="localizer"):
         load_series(only_series(tmp_path / "loc"))
     write(tmp_path / "two", volume=ramp_volume((5, 5, 2)))
-    with pytest.raises(DicomSeriesError, match=r"2 slice\(s\), fewer than the 3"):
-        load_series(only_series(tmp_path / "two"))
-    assert load_series(only_series(tmp_path / "two"), min_slices=2).array.shape == (5, 5, 2)
+    assert load_series(only_series(tmp_path / "two")).array.shape == (5, 5, 2)  # two slices convert by default
+    with pytest.raises(DicomSeriesError, match=r"2 slice\(s\), fewer than the 3 asked for \(--min-slices 3"):
+        load_series(only_series(tmp_path / "two"), min_slices=3)
 
 
 def _enhanced_from_emri(path: Path, slopes: list[float], reverse: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ unit vector along which the column index grows (first three values of ImageOrien
 ``(X, Y, Z)`` = (column index, row index, slice index), as NIfTI expects, and affines map those
 indices to RAS mm.
 
-Pure numpy/scipy, no DICOM parsing: :mod:`medgen.io.dicom_series` feeds it numbers.
+Pure numpy/scipy/SimpleITK, no DICOM parsing: :mod:`medgen.io.dicom_series` feeds it numbers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 #: RAS <-> LPS flip (its own inverse), 4x4 homogeneous.
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -154,18 +153,61 @@ def stack_affine(orient: Orientation, pixel_spacing: tuple[float, float], origin
     return RAS_FROM_LPS @ lps
 
 
-def unshear(volume: np.ndarray, offsets_mm: np.ndarray, pixel_spacing: tuple[float, float], fill: float) -> np.ndarray:
-    """Shift each slice in plane so that all slices line up along the normal of slice 0.
+def off_line_mm(offsets_mm: np.ndarray, dist: np.ndarray) -> float:
+    """Largest in-plane distance (mm) of a slice origin from the line through the first and last.
 
-    volume: (X, Y, Z); offsets_mm: (Z, 2) from :func:`lateral_offsets`. Output voxel (i, j, k)
-    samples slice k at (i - a_k, j - b_k) with a_k, b_k the offsets in pixels (bilinear);
-    outside the acquired field it is ``fill``.
+    offsets_mm: (n, 2) from :func:`lateral_offsets`; dist: (n,) sorted distances along the
+    normal. A gantry-tilted stack is a straight line (0 up to rounding); anything else is not a tilt.
     """
-    shifts = np.asarray(offsets_mm, dtype=np.float64) / np.array([pixel_spacing[1], pixel_spacing[0]])
-    out = np.empty_like(volume)
-    for k in range(volume.shape[2]):  # one 2D resample per slice, not a loop over voxels
-        out[:, :, k] = ndimage.shift(volume[:, :, k], shifts[k], order=1, mode="constant", cval=fill, prefilter=False)
-    return out
+    dist = np.asarray(dist, dtype=np.float64)
+    if len(dist) < 3 or dist[-1] == dist[0]:
+        return 0.0
+    fraction = (dist - dist[0]) / (dist[-1] - dist[0])
+    expected = fraction[:, None] * np.asarray(offsets_mm, dtype=np.float64)[-1]
+    return float(np.linalg.norm(np.asarray(offsets_mm) - expected, axis=1).max())
+
+
+def resample_sheared_stack(
+    volume: np.ndarray, positions: np.ndarray, orient: Orientation, pixel_spacing: tuple[float, float], fill: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a gantry-tilted stack onto an orthogonal grid that holds all of it.
+
+    volume: (X, Y, Z) with uniformly spaced slice origins ``positions`` (Z, 3) (LPS, sorted along
+    the normal) on one line oblique to the normal. The output grid keeps the slice axes, pixel
+    spacing and slice planes (so each output slice is a resampling of the input slice in the same
+    plane: no mixing of slices) and grows in plane to the bounding box of every input pixel.
+    Outside the acquired field it is ``fill``. Returns the new (X', Y', Z) volume and the LPS
+    position of its first voxel.
+
+    SimpleITK does the resampling: its images accept the sheared (non-orthogonal) direction of
+    the acquired stack, so one ``sitk.Resample`` call maps it onto the orthogonal grid (linear).
+    """
+    import SimpleITK as sitk
+
+    positions = np.asarray(positions, dtype=np.float64)
+    nx, ny, nz = volume.shape
+    stack = (positions[-1] - positions[0]) / (nz - 1)  # LPS step between consecutive slice origins
+    step_len = float(np.linalg.norm(stack))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(volume, dtype=np.float32).transpose(2, 1, 0)))
+    image.SetOrigin(positions[0].tolist())
+    image.SetSpacing([float(pixel_spacing[1]), float(pixel_spacing[0]), step_len])
+    image.SetDirection(np.stack([orient.row, orient.col, stack / step_len], axis=1).ravel().tolist())
+    # In-plane extent of every slice, relative to the first slice origin (mm along row / col).
+    rel = positions - positions[0]
+    a, b = rel @ orient.row, rel @ orient.col
+    width, height = (nx - 1) * pixel_spacing[1], (ny - 1) * pixel_spacing[0]
+    a_lo, a_hi = float(a.min()), float(a.max()) + width
+    b_lo, b_hi = float(b.min()), float(b.max()) + height
+    # 1e-6 pixel slack: an extent that is a whole number of pixels must not gain a column from rounding.
+    size_x = int(np.ceil((a_hi - a_lo) / pixel_spacing[1] - 1e-6)) + 1
+    size_y = int(np.ceil((b_hi - b_lo) / pixel_spacing[0] - 1e-6)) + 1
+    origin = positions[0] + a_lo * orient.row + b_lo * orient.col
+    out = sitk.Resample(
+        image, [size_x, size_y, nz], sitk.Transform(), sitk.sitkLinear, origin.tolist(),
+        [float(pixel_spacing[1]), float(pixel_spacing[0]), float(stack @ orient.normal)],
+        np.stack([orient.row, orient.col, orient.normal], axis=1).ravel().tolist(), float(fill), sitk.sitkFloat32,
+    )
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0), origin
 
 
 def regrid_along_normal(volume: np.ndarray, dist: np.ndarray, median_step: float) -> tuple[np.ndarray, float]:

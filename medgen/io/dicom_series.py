@@ -31,8 +31,9 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import logging
+import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -46,7 +47,8 @@ from medgen.io import dicom_geometry as geo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DicomSeriesError", "DicomFrame", "PixelLayout", "DicomSeries", "ScanReport", "LoadedSeries", "scan_dicom", "load_series"]
+__all__ = ["DicomSeriesError", "DicomFrame", "PixelLayout", "DicomSeries", "ScanReport", "LoadedSeries", "SeriesSplit",
+           "scan_dicom", "split_series", "load_series", "is_projection", "plane_of"]
 
 #: Media Storage Directory (DICOMDIR).
 _DICOMDIR_UID = "1.2.840.10008.1.3.10"
@@ -112,10 +114,12 @@ class DicomFrame:
     position: tuple[float, float, float] | None
     orientation: tuple[float, ...] | None
     pixel_spacing: tuple[float, float] | None
-    slope: float
+    slope: float  # NaN when the header holds a value that is not a number
     intercept: float
     instance_number: int | None
     layout: PixelLayout
+    image_type: tuple[str, ...] = ()
+    spacing_source: str = "PixelSpacing (0028,0030)"
 
 
 @dataclass
@@ -133,12 +137,14 @@ class DicomSeries:
     frames: list[DicomFrame] = field(default_factory=list)
     multiframe: bool = False
     gantry_tilt_deg: float | None = None  # GantryDetectorTilt (0018,1120) of the first file
+    acq: str = ""  # plane label (axi/cor/sag) of one orientation split from a mixed series
+    part: str = ""  # what this part is, when split from a larger series (for messages)
 
     @property
     def label(self) -> str:
-        """``series 3 "T1w SE"``: for messages (no patient data)."""
-        number = self.series_number if self.series_number is not None else "?"
-        return f'series {number} "{self.description}"'
+        """``series 3`` (SeriesNumber (0020,0011); never the free-text description), plus the part."""
+        number = self.series_number if self.series_number is not None else "? (no SeriesNumber (0020,0011))"
+        return f"series {number}" + (f" [{self.part}]" if self.part else "")
 
     def where(self) -> str:
         """Label plus one file path, for error messages."""
@@ -164,6 +170,7 @@ class LoadedSeries:
     header: Dataset
     warnings: list[str] = field(default_factory=list)
     corrections: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # how it was read (spacing source, photometric, VOI window), for the sidecar
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,16 +322,49 @@ def _number(value: object, default: float) -> float:
         return default
 
 
+def _rescale_value(value: object, default: float) -> float:
+    """RescaleSlope/Intercept: ``default`` when absent, NaN when present but not a number.
+
+    Unlike :func:`_number`, a malformed value is not replaced by the default: loading refuses it.
+    """
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _image_type(ds: Dataset) -> tuple[str, ...]:
+    return tuple(str(v).upper() for v in (ds.get("ImageType") or []))
+
+
+#: Pixel spacing of a 2D image without patient geometry, in order of preference: PixelSpacing is
+#: calibrated to the patient; ImagerPixelSpacing is measured at the detector (it includes the
+#: geometric magnification of a projection).
+_PROJECTION_SPACING = (("PixelSpacing", "PixelSpacing (0028,0030)"), ("ImagerPixelSpacing", "ImagerPixelSpacing (0018,1164)"))
+
+
 def _single_frames(path: Path, ds: Dataset, layout: PixelLayout) -> list[DicomFrame]:
     inst = ds.get("InstanceNumber")
+    position = _floats(ds.get("ImagePositionPatient"), 3)
+    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+    spacing, source = _floats(ds.get("PixelSpacing"), 2), "PixelSpacing (0028,0030)"
+    if spacing is None and position is None and orientation is None:  # projection: detector spacing
+        for keyword, name in _PROJECTION_SPACING[1:]:
+            spacing, source = _floats(ds.get(keyword), 2), name
+            if spacing is not None:
+                break
+    try:
+        instance = int(inst) if inst not in (None, "") else None
+    except (TypeError, ValueError):
+        instance = None
     return [
         DicomFrame(
-            path=path, frame=None,
-            position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
-            orientation=_floats(ds.get("ImageOrientationPatient"), 6),
-            pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
-            slope=_number(ds.get("RescaleSlope"), 1.0), intercept=_number(ds.get("RescaleIntercept"), 0.0),
-            instance_number=int(inst) if inst not in (None, "") else None, layout=layout,
+            path=path, frame=None, position=position, orientation=orientation,  # type: ignore[arg-type]
+            pixel_spacing=spacing,  # type: ignore[arg-type]
+            slope=_rescale_value(ds.get("RescaleSlope"), 1.0), intercept=_rescale_value(ds.get("RescaleIntercept"), 0.0),
+            instance_number=instance, layout=layout, image_type=_image_type(ds), spacing_source=source,
         )
     ]
 
@@ -342,7 +382,7 @@ def _multi_frames(path: Path, ds: Dataset, layout: PixelLayout) -> list[DicomFra
     per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", []) or [])
     shared_seq = ds.get("SharedFunctionalGroupsSequence", []) or []
     shared = shared_seq[0] if len(shared_seq) else None
-    top_slope, top_inter = _number(ds.get("RescaleSlope"), 1.0), _number(ds.get("RescaleIntercept"), 0.0)
+    top_slope, top_inter = _rescale_value(ds.get("RescaleSlope"), 1.0), _rescale_value(ds.get("RescaleIntercept"), 0.0)
     frames = []
     for k in range(layout.n_frames):
         groups = per_frame[k] if k < len(per_frame) else None
@@ -356,9 +396,9 @@ def _multi_frames(path: Path, ds: Dataset, layout: PixelLayout) -> list[DicomFra
                 position=_floats(pos.get("ImagePositionPatient"), 3) if pos is not None else None,  # type: ignore[arg-type]
                 orientation=_floats(ori.get("ImageOrientationPatient"), 6) if ori is not None else None,
                 pixel_spacing=_floats(meas.get("PixelSpacing"), 2) if meas is not None else None,  # type: ignore[arg-type]
-                slope=_number(pvt.get("RescaleSlope"), top_slope) if pvt is not None else top_slope,
-                intercept=_number(pvt.get("RescaleIntercept"), top_inter) if pvt is not None else top_inter,
-                instance_number=k + 1, layout=layout,
+                slope=_rescale_value(pvt.get("RescaleSlope"), top_slope) if pvt is not None else top_slope,
+                intercept=_rescale_value(pvt.get("RescaleIntercept"), top_inter) if pvt is not None else top_inter,
+                instance_number=k + 1, layout=layout, image_type=_image_type(ds),
             )
         )
     return frames
@@ -456,12 +496,148 @@ def _fail(series: DicomSeries, message: str) -> DicomSeriesError:
     return DicomSeriesError(f"{series.where()}: {message}")
 
 
+# --------------------------------------------------------------------------------------------
+# Splitting a series into what can be converted on its own
+
+#: Plane label by the LPS axis the slice normal is closest to (x: sagittal, y: coronal, z: axial).
+PLANES = ("sag", "cor", "axi")
+
+
+def plane_of(orientation: Sequence[float]) -> str:
+    """``axi`` / ``cor`` / ``sag``: the patient axis closest to the slice normal (obliques included).
+
+    An exact tie (a 45 degree oblique) goes to axial, then coronal: a fixed rule, so that the
+    same series always gets the same name.
+    """
+    iop = np.asarray(orientation, dtype=np.float64).reshape(6)
+    weight = np.round(np.abs(np.cross(iop[:3], iop[3:])), 6)
+    return PLANES[2 - int(np.argmax(weight[::-1]))]  # argmax takes the first maximum: z, then y, then x
+
+
+def is_projection(series: DicomSeries) -> bool:
+    """Whether ``series`` holds 2D images without patient geometry (CR, DX, MG, secondary capture...).
+
+    Such images have neither ImagePositionPatient (0020,0032) nor ImageOrientationPatient
+    (0020,0037) and are single-frame; each converts to a one-slice image of its own.
+    """
+    frames = series.frames
+    return bool(frames) and all(f.position is None and f.orientation is None and f.frame is None for f in frames)
+
+
+@dataclass
+class SeriesSplit:
+    """The parts of a series that convert one by one, and what the split did (for the summary)."""
+
+    parts: list[DicomSeries]
+    notes: list[str] = field(default_factory=list)
+
+
+def _part(series: DicomSeries, frames: list[DicomFrame], *, acq: str = "", part: str = "") -> DicomSeries:
+    files = sorted({f.path for f in frames}, key=str)
+    return replace(series, files=files, frames=list(frames), acq=acq, part=part,
+                   image_type=frames[0].image_type or series.image_type)
+
+
+def _orientation_groups(frames: list[DicomFrame]) -> list[list[DicomFrame]]:
+    groups: list[list[DicomFrame]] = []
+    for f in frames:
+        for group in groups:
+            if geo.same_orientation(f.orientation, group[0].orientation):  # type: ignore[arg-type]
+                group.append(f)
+                break
+        else:
+            groups.append([f])
+    return groups
+
+
+def _first_instance(frames: list[DicomFrame]) -> tuple[float, str]:
+    numbers = [f.instance_number for f in frames if f.instance_number is not None]
+    return (min(numbers) if numbers else math.inf, min(str(f.path) for f in frames))
+
+
+def split_series(series: DicomSeries) -> SeriesSplit:
+    """Split ``series`` into the parts that convert on their own, as dcm2niix does.
+
+    * 2D images without patient geometry (:func:`is_projection`): one part per image.
+    * Frames whose ImageType (0008,0008) says LOCALIZER, in a series that also holds other
+      frames: dropped (named in the notes).
+    * Several slice orientations (ImageOrientationPatient (0020,0037)): one part per
+      orientation, ``acq`` = its plane (:func:`plane_of`), parts ordered by their lowest
+      InstanceNumber (then file name, then orientation), so the order never depends on the
+      file system. An orientation holding one slice (multi-plane localizer, radial series)
+      becomes a single-slice image.
+
+    A series that needs none of this comes back unchanged as the only part.
+    """
+    frames = series.frames or _rescan(series)
+    if is_projection(replace(series, frames=frames)):
+        if len(frames) == 1:
+            return SeriesSplit([series])
+        ordered = sorted(frames, key=lambda f: _first_instance([f]))
+        note = f"{series.label}: {len(frames)} images without patient geometry (projection radiographs), each converted on its own"
+        return SeriesSplit([_part(series, [f], part=f"image {k + 1} of {len(frames)}") for k, f in enumerate(ordered)], [note])
+    notes: list[str] = []
+    localizers = [f for f in frames if "LOCALIZER" in f.image_type]
+    if "LOCALIZER" in series.image_type and len(localizers) == len(frames):
+        return SeriesSplit([series])  # a localizer series: refused once, as a whole, when loaded
+    if localizers and len(localizers) < len(frames):
+        frames = [f for f in frames if "LOCALIZER" not in f.image_type]
+        names = ", ".join(str(p) for p in sorted({f.path for f in localizers}, key=str))
+        notes.append(f"{series.label}: dropped {len(localizers)} localizer image(s) (ImageType (0008,0008) LOCALIZER): {names}")
+    if any(f.orientation is None for f in frames):
+        return SeriesSplit([_part(series, frames) if localizers else series], notes)  # loading names the missing tag
+    groups = _orientation_groups(frames)
+    if len(groups) == 1:
+        return SeriesSplit([_part(series, frames) if localizers else series], notes)
+    groups.sort(key=lambda g: (*_first_instance(g), tuple(round(v, 4) for v in g[0].orientation)))  # type: ignore[union-attr]
+    planes = [plane_of(g[0].orientation) for g in groups]  # type: ignore[arg-type]
+    parts = [_part(series, g, acq=plane, part=f"orientation {k + 1} of {len(groups)}, acq-{plane}")
+             for k, (g, plane) in enumerate(zip(groups, planes))]
+    shown = ", ".join(f"acq-{plane} ({len(g)} slice{'s' if len(g) > 1 else ''})" for g, plane in zip(groups, planes))
+    why = ""
+    if all(len(g) == 1 for g in groups):
+        why = "; each orientation holds one slice (multi-plane localizer or radial series), so each becomes a single-slice image"
+    notes.append(f"{series.label}: {len(groups)} slice orientations (ImageOrientationPatient (0020,0037)) split into "
+                 f"one image per orientation: {shown}{why}")
+    return SeriesSplit(parts, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _check_rescale(series: DicomSeries, frames: list[DicomFrame]) -> None:
+    """Refuse a RescaleSlope that is 0 or not finite, or a RescaleIntercept that is not finite."""
+    for f in frames:
+        where = f"{f.path}" + (f" frame {f.frame + 1}" if f.frame is not None else "")
+        if not math.isfinite(f.slope) or f.slope == 0:
+            what = "0" if f.slope == 0 else "not a finite number"
+            raise _fail(series, f"RescaleSlope (0028,1053) is {what} in {where}: stored values cannot be turned into "
+                                "physical values (a zero slope makes every voxel equal the intercept); the header is "
+                                "damaged: correct it or leave this series out")
+        if not math.isfinite(f.intercept):
+            raise _fail(series, f"RescaleIntercept (0028,1052) is not a finite number in {where}; the header is damaged: "
+                                "correct it or leave this series out")
+
+
+def _refuse_constant(series: DicomSeries, frames: list[DicomFrame], volume: np.ndarray) -> None:
+    if volume.size and float(volume.min()) == float(volume.max()):
+        slopes = sorted({f.slope for f in frames})
+        inters = sorted({f.intercept for f in frames})
+        raise _fail(series, f"every voxel is {float(volume.min()):g} after rescale (RescaleSlope (0028,1053) "
+                            f"{', '.join(f'{v:g}' for v in slopes[:3])}, RescaleIntercept (0028,1052) "
+                            f"{', '.join(f'{v:g}' for v in inters[:3])}; first file {frames[0].path}): a constant image "
+                            "holds nothing to learn from and is usually a damaged export; if it is intended, pass "
+                            "--allow-constant (config ingest.allow_constant: true)")
+
+
 def _refuse_non_volumes(series: DicomSeries, frames: list[DicomFrame], min_slices: int) -> None:
     """Localizers, too few slices, colour and images without geometry."""
     if "LOCALIZER" in series.image_type:
         raise _fail(series, "is a localizer (ImageType (0008,0008) contains LOCALIZER), not a volume")
     if len(frames) < min_slices:
-        raise _fail(series, f"has {len(frames)} slice(s), fewer than the {min_slices} needed for a volume")
+        raise _fail(series, f"has {len(frames)} slice(s), fewer than the {min_slices} asked for "
+                            f"(--min-slices {min_slices} / ingest.min_slices: {min_slices})")
     if any(f.layout.samples != 1 for f in frames):
         raise _fail(series, "is a colour image (SamplesPerPixel (0028,0002) > 1); only greyscale volumes are supported")
     for attr, tag in (("position", "ImagePositionPatient (0020,0032)"), ("orientation", "ImageOrientationPatient (0020,0037)"),
@@ -472,28 +648,26 @@ def _refuse_non_volumes(series: DicomSeries, frames: list[DicomFrame], min_slice
             if series.multiframe:
                 tag += {"position": " / PlanePositionSequence (0020,9113)", "orientation": " / PlaneOrientationSequence (0020,9116)",
                         "pixel_spacing": " / PixelMeasuresSequence (0028,9110)"}[attr]
-            raise _fail(series, f"{len(missing)} of {len(frames)} slices lack {tag} in the {where}: no geometry to place them")
+            raise _fail(series, f"{len(missing)} of {len(frames)} slices lack {tag} in the {where} (first: {missing[0].path}): "
+                                "no geometry to place them")
     dims = {(f.layout.rows, f.layout.cols) for f in frames}
     if len(dims) > 1:
         raise _fail(series, f"slices differ in size (Rows, Columns) (0028,0010/0011): {sorted(dims)}")
 
 
 def _common_orientation(series: DicomSeries, frames: list[DicomFrame]) -> geo.Orientation:
-    distinct: list[tuple[float, ...]] = []
-    for f in frames:
-        if not any(geo.same_orientation(f.orientation, d) for d in distinct):  # type: ignore[arg-type]
-            distinct.append(f.orientation)  # type: ignore[arg-type]
+    distinct = [g[0].orientation for g in _orientation_groups(frames)]
     if len(distinct) > 1:
-        shown = "; ".join("[" + ", ".join(f"{v:.4g}" for v in d) + "]" for d in distinct[:4])
+        shown = "; ".join("[" + ", ".join(f"{v:.4g}" for v in d) + "]" for d in distinct[:4])  # type: ignore[union-attr]
         raise _fail(series, f"mixes {len(distinct)} slice orientations (ImageOrientationPatient (0020,0037): {shown}); "
-                            "refusing to stack them (localizer or several acquisitions in one series?)")
+                            "split it first (split_series; medgen ingest does this) into one image per orientation")
     spacings = {f.pixel_spacing for f in frames}
     if len(spacings) > 1:
         raise _fail(series, f"slices differ in PixelSpacing (0028,0030): {sorted(spacings)[:4]}")
     try:
         return geo.orientation_axes(np.array(distinct[0]))
     except geo.GeometryError as exc:
-        raise _fail(series, str(exc)) from None
+        raise _fail(series, f"{exc} in {frames[0].path}") from None
 
 
 def _read_raw(frames: list[DicomFrame]) -> np.ndarray:
@@ -557,6 +731,63 @@ def _to_physical(stored: np.ndarray, frames: list[DicomFrame]) -> np.ndarray:
     return (stored * slopes[:, None, None] + inters[:, None, None]).astype(np.float32)
 
 
+def _value_range(frames: list[DicomFrame]) -> tuple[float, float]:
+    """Smallest and largest physical value the stored bits can express (BitsStored, sign, rescale)."""
+    lows, highs = [], []
+    for f in frames:
+        bits = f.layout.bits_stored
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if f.layout.signed else (0, 2**bits - 1)
+        a, b = lo * f.slope + f.intercept, hi * f.slope + f.intercept
+        lows.append(min(a, b))
+        highs.append(max(a, b))
+    return float(min(lows)), float(max(highs))
+
+
+def _photometric(slices: np.ndarray, frames: list[DicomFrame], header: Dataset, info: dict) -> np.ndarray:
+    """MONOCHROME1 (low values shown white) -> MONOCHROME2: ``v' = lo + hi - v`` over the expressible range.
+
+    The flip uses the range the stored bits can hold (not the image's own minimum and maximum),
+    so it is the same for every image of a scanner and exactly invertible; the sidecar records it.
+    """
+    photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
+    if photometric != "MONOCHROME1":
+        return slices
+    lo, hi = _value_range(frames)
+    info["photometric"] = {"source": "MONOCHROME1", "written_as": "MONOCHROME2", "inverted": True,
+                           "rule": "value = lo + hi - original", "lo": lo, "hi": hi}
+    return ((lo + hi) - slices.astype(np.float64)).astype(np.float32)
+
+
+def _voi_window(header: Dataset, info: dict) -> None:
+    """Record the VOI window (WindowCenter/Width (0028,1050/1051)) in the values written out."""
+    centers = _floats_any(header.get("WindowCenter"))
+    widths = _floats_any(header.get("WindowWidth"))
+    if not centers or not widths or len(centers) != len(widths):
+        if "VOILUTSequence" in header:
+            info["voi_window"] = {"voi_lut_sequence": True, "applied": False}
+        return
+    flip = info.get("photometric")
+    if flip:  # the window moves with the inversion; its width does not change
+        centers = [flip["lo"] + flip["hi"] - c for c in centers]
+    info["voi_window"] = {
+        "center": centers, "width": widths,
+        "function": str(header.get("VOILUTFunction", "") or "LINEAR"),
+        "source": "WindowCenter (0028,1050) / WindowWidth (0028,1051)"
+                  + (", centre mirrored with the MONOCHROME1 inversion" if flip else ""),
+        "applied": False,
+    }
+
+
+def _floats_any(value: object) -> list[float]:
+    if value in (None, ""):
+        return []
+    items = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    try:
+        return [float(v) for v in items]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return []
+
+
 def _check_stack(series: DicomSeries, dist: np.ndarray) -> None:
     dups = geo.duplicate_positions(dist)
     if dups:
@@ -575,21 +806,65 @@ def _spacing_problem(series: DicomSeries, check: geo.SpacingCheck, n: int) -> st
 def load_series(
     series: DicomSeries,
     *,
-    on_tilt: str = "refuse",
+    on_tilt: str = "resample",
     on_uneven: str = "refuse",
-    min_slices: int = 3,
+    min_slices: int = 1,
+    allow_constant: bool = False,
 ) -> LoadedSeries:
     """Load ``series`` as float32 (X, Y, Z) physical values (HU for CT) with a voxel -> RAS affine.
 
     Slices are ordered by position along the slice normal (not file name or InstanceNumber).
     ``on_tilt`` / ``on_uneven``: "refuse" (DicomSeriesError) or "resample" (onto an orthogonal,
-    uniform grid; recorded in ``corrections`` and ``warnings``). Series with fewer than
-    ``min_slices`` slices or ImageType LOCALIZER raise DicomSeriesError.
+    uniform grid; recorded in ``corrections`` and ``warnings``). A 2D image without patient
+    geometry (:func:`is_projection`) becomes one slice with its pixel spacing. Raises
+    DicomSeriesError for: fewer than ``min_slices`` slices, ImageType LOCALIZER, a RescaleSlope
+    of 0 or not finite, several orientations (see :func:`split_series`), and a volume that is
+    constant after rescale unless ``allow_constant``.
     """
     for name, value in (("on_tilt", on_tilt), ("on_uneven", on_uneven)):
         if value not in ("refuse", "resample"):
             raise ValueError(f"{name} must be 'refuse' or 'resample', got {value!r}")
     frames = series.frames or _rescan(series)
+    _check_rescale(series, frames)
+    if is_projection(replace(series, frames=frames)):
+        loaded = _load_projection(series, frames)
+    else:
+        loaded = _load_stack(series, frames, on_tilt=on_tilt, on_uneven=on_uneven, min_slices=min_slices)
+    if not allow_constant:
+        _refuse_constant(series, frames, loaded.array)
+    for w in loaded.warnings:
+        log.warning(w)
+    return loaded
+
+
+def _load_projection(series: DicomSeries, frames: list[DicomFrame]) -> LoadedSeries:
+    """One 2D image without patient geometry -> (cols, rows, 1) with its pixel spacing."""
+    if len(frames) != 1:
+        raise _fail(series, f"holds {len(frames)} images without patient geometry (no ImagePositionPatient (0020,0032) / "
+                            "ImageOrientationPatient (0020,0037)); they cannot be stacked: split it first (split_series; "
+                            "medgen ingest does this)")
+    frame = frames[0]
+    if frame.layout.samples != 1:
+        raise _fail(series, f"is a colour image (SamplesPerPixel (0028,0002) > 1) in {frame.path}; only greyscale images are supported")
+    if frame.pixel_spacing is None:
+        raise _fail(series, f"{frame.path} has neither PixelSpacing (0028,0030) nor ImagerPixelSpacing (0018,1164): "
+                            "no pixel size to place the image")
+    info: dict = {"kind": "projection (2D image without patient geometry)",
+                  "pixel_spacing_mm": [float(v) for v in frame.pixel_spacing],
+                  "pixel_spacing_source": frame.spacing_source}
+    if frame.spacing_source.startswith("ImagerPixelSpacing"):
+        info["pixel_spacing_note"] = "spacing at the detector plane: includes the geometric magnification of the projection"
+    slices = _photometric(_to_physical(_stored_values(series, frames), frames), frames, series.header, info)
+    _voi_window(series.header, info)
+    info["placement"] = ("no ImagePositionPatient (0020,0032) / ImageOrientationPatient (0020,0037): placed as if "
+                         "ImageOrientationPatient = [1, 0, 0, 0, 1, 0] with the first pixel at the origin; the third "
+                         "voxel size (1 mm) is nominal")
+    orient = geo.orientation_axes(np.array([1.0, 0, 0, 0, 1.0, 0]))
+    affine = geo.stack_affine(orient, frame.pixel_spacing, np.zeros(3), 1.0)
+    return LoadedSeries(array=slices.transpose(2, 1, 0), affine=affine, header=series.header, info=info)
+
+
+def _load_stack(series: DicomSeries, frames: list[DicomFrame], *, on_tilt: str, on_uneven: str, min_slices: int) -> LoadedSeries:
     _refuse_non_volumes(series, frames, min_slices)
     orient = _common_orientation(series, frames)
     positions = np.array([f.position for f in frames], dtype=np.float64)
@@ -604,51 +879,77 @@ def load_series(
     sheared = shear_mm > geo.SHEAR_TOL_MM
     warnings: list[str] = []
     corrections: dict = {}
+    info: dict = {"kind": "slice stack", "slices": len(frames)}
     header_tilt = series.gantry_tilt_deg or 0.0
     if sheared:
         angle = geo.tilt_angle_deg(positions, orient)
+        off_line = geo.off_line_mm(offsets, dist)
+        if off_line > geo.SHEAR_TOL_MM:
+            raise _fail(series, f"slice positions (ImagePositionPatient (0020,0032)) are not on one line: up to {off_line:.3g} mm "
+                                "off the line through the first and last slice; neither a straight nor a tilted stack")
         if on_tilt == "refuse":
             raise _fail(series, f"gantry tilt of {angle:.2f} deg: slice positions (ImagePositionPatient (0020,0032)) are "
                                 f"sheared off the slice normal by up to {shear_mm:.3g} mm (GantryDetectorTilt (0018,1120) = "
-                                f"{header_tilt:g} deg); pass on_tilt='resample' to resample onto an orthogonal grid")
-        corrections["gantry_tilt_deg"] = round(angle, 4)
-        corrections["tilt_resampled"] = True
-        warnings.append(f"{series.label}: gantry tilt {angle:.2f} deg corrected by resampling each slice in plane onto "
-                        "an orthogonal grid (bilinear)")
+                                f"{header_tilt:g} deg); refused as asked (--on-tilt refuse / ingest.on_tilt: refuse); "
+                                "--on-tilt resample (ingest.on_tilt: resample) resamples it onto an orthogonal grid")
     elif abs(header_tilt) > 0.01:
         warnings.append(f"{series.label}: GantryDetectorTilt (0018,1120) = {header_tilt:g} deg but the slices lie along "
                         "their normal (tilt already in ImageOrientationPatient); no correction needed")
     if spacing is not None and not spacing.uniform and on_uneven == "refuse":
-        raise _fail(series, _spacing_problem(series, spacing, len(frames)) + "; pass on_uneven='resample' to interpolate")
+        raise _fail(series, _spacing_problem(series, spacing, len(frames))
+                    + "; --on-uneven resample (config ingest.on_uneven: resample) interpolates onto a uniform grid")
 
     stored = _stored_values(series, frames)
-    slices = _to_physical(stored, frames)  # (Z, rows, cols)
+    slices = _photometric(_to_physical(stored, frames), frames, series.header, info)  # (Z, rows, cols)
+    _voi_window(series.header, info)
     volume = slices.transpose(2, 1, 0)  # (X=cols, Y=rows, Z): a view, F-contiguous like NIfTI
     pixel_spacing = frames[0].pixel_spacing
     assert pixel_spacing is not None
-    if sheared:
-        volume = geo.unshear(volume, offsets, pixel_spacing, fill=float(volume.min()))
-    step = float(dist[-1] - dist[0]) / (len(dist) - 1) if len(dist) > 1 else _single_slice_step(series.header)
+    if len(dist) > 1:
+        step = float(dist[-1] - dist[0]) / (len(dist) - 1)
+        info["slice_step_source"] = "ImagePositionPatient (0020,0032) along the slice normal"
+    else:
+        step, source = _single_slice_step(series.header)
+        info["slice_step_source"] = source
+        if source.startswith("none"):
+            warnings.append(f"{series.label}: one slice and neither SliceThickness (0018,0050) nor SpacingBetweenSlices "
+                            "(0018,0088): its third voxel size is set to 1 mm")
     if spacing is not None and not spacing.uniform:
+        first, last = positions[0], positions[-1]
         volume, step = geo.regrid_along_normal(volume, dist, spacing.median_step)
+        fractions = np.linspace(0.0, 1.0, volume.shape[2])
+        positions = first + fractions[:, None] * (last - first)  # the stack is one line (checked above when sheared)
         corrections["resampled"] = True
         corrections["uneven_spacing"] = {"median_step_mm": spacing.median_step, "found_slices": len(frames),
                                          "output_slices": int(volume.shape[2]), "output_step_mm": step}
         warnings.append(f"{series.label}: " + _spacing_problem(series, spacing, len(frames))
                         + f"; resampled linearly along the normal to {volume.shape[2]} slices of {step:.4g} mm")
-    affine = geo.stack_affine(orient, pixel_spacing, positions[0], step)
-    for w in warnings:
-        log.warning(w)
-    return LoadedSeries(array=volume, affine=affine, header=series.header, warnings=warnings, corrections=corrections)
+    origin = positions[0]
+    if sheared:
+        before = volume.shape
+        volume, origin = geo.resample_sheared_stack(volume, positions, orient, pixel_spacing, fill=float(volume.min()))
+        corrections["gantry_tilt_deg"] = round(angle, 4)
+        corrections["tilt_resampled"] = True
+        corrections["tilt"] = {"method": "SimpleITK linear resampling onto an orthogonal grid holding the whole sheared stack",
+                               "input_shape": [int(n) for n in before], "output_shape": [int(n) for n in volume.shape],
+                               "GantryDetectorTilt_deg": header_tilt}
+        warnings.append(f"{series.label}: gantry tilt {angle:.2f} deg corrected by resampling onto an orthogonal grid "
+                        f"holding the whole stack ({before[0]}x{before[1]} -> {volume.shape[0]}x{volume.shape[1]} "
+                        "pixels per slice, linear); --on-tilt refuse (ingest.on_tilt: refuse) refuses such series instead")
+    affine = geo.stack_affine(orient, pixel_spacing, origin, step)
+    return LoadedSeries(array=volume, affine=affine, header=series.header, warnings=warnings, corrections=corrections, info=info)
 
 
-def _single_slice_step(header: Dataset) -> float:
-    """Slice step (mm) for a one-slice volume: SpacingBetweenSlices, else SliceThickness, else 1."""
-    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+def _single_slice_step(header: Dataset) -> tuple[float, str]:
+    """Third voxel size (mm) of a one-slice image and where it came from.
+
+    SliceThickness (what the slice covers), else SpacingBetweenSlices, else 1 mm.
+    """
+    for keyword, tag in (("SliceThickness", "(0018,0050)"), ("SpacingBetweenSlices", "(0018,0088)")):
         value = _number(header.get(keyword), 0.0)
-        if value > 0:
-            return value
-    return 1.0
+        if value > 0 and math.isfinite(value):
+            return value, f"{keyword} {tag}"
+    return 1.0, "none (1 mm nominal)"
 
 
 def _rescan(series: DicomSeries) -> list[DicomFrame]:
