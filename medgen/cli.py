@@ -45,6 +45,7 @@ def _ingest(args: argparse.Namespace) -> int:
         nonfinite=args.nonfinite,
         form_mismatch=args.form_mismatch,
         min_slices=args.min_slices,
+        allow_constant=args.allow_constant,
     )
     summary = ingest(args.inputs, args.out, subject=args.subject, modalities=args.modalities, options=options)
     print(summary.render())
@@ -205,13 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output root: OUT/<subject>/<modality>.nii.gz")
     p.add_argument("--subject", help="subject label for every input (default: from BIDS/manifest, or a pseudonym)")
     p.add_argument("--modalities", nargs="+", help="modalities that must be found (others are still converted)")
-    p.add_argument("--on-tilt", choices=["refuse", "resample"], default="refuse", help="gantry-tilted series")
+    p.add_argument("--on-tilt", choices=["refuse", "resample"], default="resample",
+                   help="gantry-tilted series: resample onto an orthogonal grid holding the whole stack (default), or refuse")
     p.add_argument("--on-uneven", choices=["refuse", "resample"], default="refuse", help="missing slices / uneven spacing")
     p.add_argument("--keep-descriptions", action="store_true", help="keep SeriesDescription/ProtocolName in sidecars")
     p.add_argument("--uid-salt", default="medgen", help="secret that makes replaced UIDs consistent across runs and jobs")
     p.add_argument("--nonfinite", choices=["error", "zero", "min"], default="error", help="NaN/inf voxels in NIfTI input")
     p.add_argument("--form-mismatch", choices=["error", "warn"], default="error", help="NIfTI qform != sform")
-    p.add_argument("--min-slices", type=int, default=3, help="series with fewer slices are skipped as localizers")
+    p.add_argument("--min-slices", type=int, default=1, help="series with fewer slices are skipped (default 1: single slices convert)")
+    p.add_argument("--allow-constant", action="store_true", help="keep images whose voxels all have one value (refused by default)")
     p.set_defaults(handler=_ingest)
 
     p = verbs.add_parser("preprocess", help="reorient, resample, mask, normalise one subject (MONAI transforms)")

@@ -23,4 +23,5 @@ rule ingest:
         " --uid-salt {params.opts[uid_salt]:q} --nonfinite {params.opts[nonfinite]}"
         " --form-mismatch {params.opts[form_mismatch]} --min-slices {params.opts[min_slices]}"
         + (" --keep-descriptions" if config["ingest"]["keep_descriptions"] else "")
+        + (" --allow-constant" if config["ingest"]["allow_constant"] else "")
         + " > {log} 2>&1"

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_default_config_is_valid_and_complete():
     cfg = load_config(ROOT / "configs" / "default.yaml")
     assert cfg["data"]["phantom"]["subjects"] == 20
-    assert cfg["ingest"]["on_tilt"] == "refuse"  # filled from the schema
+    assert cfg["ingest"]["on_tilt"] == "resample"  # filled from the schema
+    assert cfg["ingest"]["min_slices"] == 1 and cfg["ingest"]["allow_constant"] is False
     assert cfg["preprocess"]["register"] is False
     assert subjects_of(cfg)[:2] == ["sub-001", "sub-002"]
 

@@ -376,9 +376,10 @@ def test_dicom_mixed_folder_faults(tmp_path):
     summary = ingest([src], tmp_path / "out", subject="sub-01")
     converted = sorted(c["name"] for c in summary.converted)
     assert "T1w" in converted and "CT" in converted and "FLAIR" in converted
+    assert "MR" in converted  # the 2-slice series converts by default (min_slices 1)
     reasons = " | ".join(f"{w}: {r}" for w, r in summary.skipped + summary.failed)
     assert "IM00003" in reasons  # the truncated file is named
-    assert "series 1" in reasons  # the 2-slice localizer is refused with its reason
+    assert "series 5" in reasons  # the series that lost a slice is refused with its reason
     assert "report" in reasons  # the non-image object is skipped
     assert checksums(src) == before
     assert summary.exit_code == 0
@@ -386,14 +387,14 @@ def test_dicom_mixed_folder_faults(tmp_path):
 
 def test_dicom_refused_series_reason_and_missing(tmp_path):
     write_series(tmp_path / "loc", description="t1 localizer DOE JANE", shape=(8, 7, 2))
-    summary = ingest([tmp_path / "loc"], tmp_path / "out", subject="sub-01", modalities=["T1w"])
+    summary = ingest([tmp_path / "loc"], tmp_path / "out", subject="sub-01", modalities=["T1w"], options=IngestOptions(min_slices=3))
     assert summary.exit_code == 1
     assert not summary.converted
     what, reason = summary.skipped[-1]
-    assert "loc" in what and "2 slice" in reason
+    assert "loc" in what and "2 slice" in reason and "--min-slices 3" in reason
     assert "JANE" not in summary.render() and str(tmp_path) not in summary.render()
     assert summary.missing == ["sub-01: T1w not found (found: nothing)"]
-    assert ingest([tmp_path / "loc"], tmp_path / "out2", options=IngestOptions(min_slices=2)).exit_code == 0
+    assert ingest([tmp_path / "loc"], tmp_path / "out2").exit_code == 0  # two slices convert by default
 
 
 def test_dicom_same_modality_twice_gets_run_2(tmp_path):

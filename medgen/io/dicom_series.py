@@ -1,24 +1,30 @@
 """Find DICOM image series in files and folders and load each as a float32 volume with a RAS affine.
 
-Two steps, so that a caller can decide per series what to convert:
+Three steps, so that a caller can decide per series what to convert:
 
 * :func:`scan_dicom` reads headers only (``stop_before_pixels``), groups files by
   SeriesInstanceUID, sets aside non-image objects (SR, RT, waveforms, DICOMDIR, presentation
   states, ...) and reports unreadable or truncated files by name. The geometry of every slice
   (or frame of an enhanced multi-frame object) is collected here, so loading needs no second
   header pass.
+* :func:`split_series` cuts a series into what converts on its own: one part per slice
+  orientation, one per 2D image without patient geometry; localizer frames mixed into a series
+  are dropped and named.
 * :func:`load_series` orders slices along the slice normal, checks the stack (orientation,
-  duplicates, spacing, gantry tilt, localizers), reads the pixels, applies the per-slice rescale
-  and returns ``(X, Y, Z)`` float32 in physical units with a voxel -> RAS affine.
-
-Why not SimpleITK's ImageSeriesReader alone: it only warns on missing slices, uneven spacing and
-sheared (tilted) stacks and returns an image whose geometry silently misplaces slices; here each
-of these is an error naming the series, or an explicit, recorded resampling.
+  duplicates, spacing, gantry tilt, localizers, rescale), reads the pixels, applies the
+  per-slice rescale and returns ``(X, Y, Z)`` float32 in physical units with a voxel -> RAS affine.
 
 Decisions worth knowing:
 
-* One series with several ImageOrientationPatient values (e.g. a 3-plane localizer) is refused,
-  not split: the parts are nearly always localizers, and a split would invent series identities.
+* One series with several ImageOrientationPatient values (a 3-plane localizer, a radial series)
+  is split into one image per orientation, named by plane (axi/cor/sag), as dcm2niix does;
+  :func:`load_series` alone refuses to stack it.
+* Projection images (CR, DX, MG, other single-frame 2D images without ImagePositionPatient /
+  ImageOrientationPatient) become one slice with PixelSpacing, else ImagerPixelSpacing;
+  MONOCHROME1 is inverted to MONOCHROME2 and the VOI window recorded (``LoadedSeries.info``).
+* A gantry-tilted (sheared) stack is resampled by default onto an orthogonal grid holding the
+  whole stack (SimpleITK), and recorded; ``on_tilt="refuse"`` refuses it instead.
+* A RescaleSlope of 0 or not a number, and a volume constant after rescale, are refused.
 * Files of one series that share slice positions (echoes, time points) are refused (4D is out of
   scope), naming the count.
 * Compressed transfer syntaxes are decoded by pydicom with whatever decoder plugins are installed
@@ -530,6 +536,7 @@ class SeriesSplit:
 
     parts: list[DicomSeries]
     notes: list[str] = field(default_factory=list)
+    dropped: list[tuple[Path, str]] = field(default_factory=list)  # files left out, with the reason
 
 
 def _part(series: DicomSeries, frames: list[DicomFrame], *, acq: str = "", part: str = "") -> DicomSeries:
@@ -582,13 +589,16 @@ def split_series(series: DicomSeries) -> SeriesSplit:
         return SeriesSplit([series])  # a localizer series: refused once, as a whole, when loaded
     if localizers and len(localizers) < len(frames):
         frames = [f for f in frames if "LOCALIZER" not in f.image_type]
-        names = ", ".join(str(p) for p in sorted({f.path for f in localizers}, key=str))
-        notes.append(f"{series.label}: dropped {len(localizers)} localizer image(s) (ImageType (0008,0008) LOCALIZER): {names}")
+        dropped = [(path, f"{series.label}: localizer image (ImageType (0008,0008) LOCALIZER) dropped from a series "
+                          "that holds other images") for path in sorted({f.path for f in localizers}, key=str)]
+        notes.append(f"{series.label}: dropped {len(localizers)} localizer image(s) (ImageType (0008,0008) LOCALIZER)")
+    else:
+        dropped = []
     if any(f.orientation is None for f in frames):
-        return SeriesSplit([_part(series, frames) if localizers else series], notes)  # loading names the missing tag
+        return SeriesSplit([_part(series, frames) if dropped else series], notes, dropped)  # loading names the missing tag
     groups = _orientation_groups(frames)
     if len(groups) == 1:
-        return SeriesSplit([_part(series, frames) if localizers else series], notes)
+        return SeriesSplit([_part(series, frames) if dropped else series], notes, dropped)
     groups.sort(key=lambda g: (*_first_instance(g), tuple(round(v, 4) for v in g[0].orientation)))  # type: ignore[union-attr]
     planes = [plane_of(g[0].orientation) for g in groups]  # type: ignore[arg-type]
     parts = [_part(series, g, acq=plane, part=f"orientation {k + 1} of {len(groups)}, acq-{plane}")
@@ -599,7 +609,7 @@ def split_series(series: DicomSeries) -> SeriesSplit:
         why = "; each orientation holds one slice (multi-plane localizer or radial series), so each becomes a single-slice image"
     notes.append(f"{series.label}: {len(groups)} slice orientations (ImageOrientationPatient (0020,0037)) split into "
                  f"one image per orientation: {shown}{why}")
-    return SeriesSplit(parts, notes)
+    return SeriesSplit(parts, notes, dropped)
 
 
 # --------------------------------------------------------------------------------------------

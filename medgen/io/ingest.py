@@ -11,9 +11,13 @@ Naming:
   BIDS-like file name; for DICOM a keyed pseudonym of PatientID
   (:func:`medgen.io.deid.pseudonymise_subject`), never the ID or the name.
 * modality: the manifest's or the BIDS suffix; for DICOM :func:`classify_series`.
-* Two images with the same subject and modality in one run are ordered by SeriesNumber, then
-  pseudonymised SeriesInstanceUID (NIfTI: by path); the first keeps ``<modality>``, the next
-  become ``<modality>_run-2``, ``_run-3`` ... and the summary says so.
+* A DICOM series that mixes slice orientations is split into one image per orientation
+  (:func:`medgen.io.dicom_series.split_series`), each written as ``<modality>_acq-<plane>``
+  (plane axi/cor/sag from the slice normal); a series of several 2D images without patient
+  geometry (CR, DX, MG) gives one image each.
+* Two images with the same name in one run are ordered by SeriesNumber, then pseudonymised
+  SeriesInstanceUID, then part (NIfTI: by path); the first keeps ``<name>``, the next become
+  ``<name>_run-2``, ``_run-3`` ... and the summary says so.
 
 Nothing in the input is modified; failures of one series or file never stop the others.
 """
@@ -69,21 +73,22 @@ _POLICIES = {
 class IngestOptions:
     """How to treat doubtful input (see ``medgen ingest --help``)."""
 
-    on_tilt: str = "refuse"
+    on_tilt: str = "resample"
     on_uneven: str = "refuse"
     keep_descriptions: bool = False
     uid_salt: str = "medgen"
     nonfinite: str = "error"
     form_mismatch: str = "error"
-    min_slices: int = 3
+    min_slices: int = 1
+    allow_constant: bool = False
 
     def validate(self) -> None:
         """Raise ValueError for an unknown policy value."""
         for name, allowed in _POLICIES.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ValueError(f"--{name.replace('_', '-')} (ingest.{name}) must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.min_slices < 1:
-            raise ValueError(f"min_slices must be >= 1, got {self.min_slices}")
+            raise ValueError(f"--min-slices (ingest.min_slices) must be >= 1, got {self.min_slices}")
         if not self.uid_salt:
             raise ValueError("uid_salt must not be empty")
 
@@ -148,8 +153,10 @@ class _Job:
     modality: str
     source: str  # "dicom" | "nifti"
     what: str
-    order: tuple[float, str]
+    order: tuple[float, str, int]
     load: Callable[[], _Loaded]
+    acq: str = ""  # plane of one orientation split from a mixed DICOM series: written as <modality>_acq-<plane>
+    notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- naming
@@ -197,6 +204,20 @@ def _scrub(value: Any, paths: Sequence[Path]) -> Any:
     return value
 
 
+def _constant_value(array: np.ndarray) -> float | None:
+    """The value of every voxel when ``array`` is constant, else None."""
+    if not np.size(array):
+        return None
+    lo, hi = float(np.min(array)), float(np.max(array))
+    return lo if lo == hi else None
+
+
+def _allow_constant(sidecar: dict[str, Any], warnings: list[str], value: float) -> None:
+    """Record in the sidecar that a constant image was let through (preprocessing reads this)."""
+    warnings.append(f"every voxel is {value:g}: kept because ingest.allow_constant is true (--allow-constant)")
+    sidecar["constant_allowed"] = True
+
+
 def _spacing(affine: np.ndarray) -> list[float]:
     return [float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))]
 
@@ -218,6 +239,10 @@ def _nifti_job(src: Source, subject: str | None, options: IngestOptions) -> _Job
         except NiftiError as exc:  # name the file as the summary does, not by its absolute path
             raise _Failed(str(exc).replace(str(src.path), src.display)) from exc
         warnings = _scrub(list(vol.warnings), paths)
+        constant = _constant_value(vol.array)
+        if constant is not None and not options.allow_constant:
+            raise _Refused(f"{src.display}: every voxel is {constant:g}: a constant image holds nothing to learn from and is "
+                           "usually a damaged export; if it is intended, pass --allow-constant (config ingest.allow_constant: true)")
         sidecar = {
             "medgen_version": __version__,
             "source": "nifti",
@@ -225,9 +250,11 @@ def _nifti_job(src: Source, subject: str | None, options: IngestOptions) -> _Job
             "spacing": _spacing(vol.affine),
             "warnings": warnings,
         }
+        if constant is not None:
+            _allow_constant(sidecar, warnings, constant)
         return _Loaded(vol.array, vol.affine, sidecar, warnings)
 
-    return _Job(subject, normalise_modality(src.modality), "nifti", src.display, (math.inf, str(src.path)), load)
+    return _Job(subject, normalise_modality(src.modality), "nifti", src.display, (math.inf, str(src.path), 0), load)
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -282,7 +309,8 @@ def _dicom_load(series: Any, src: Source, options: IngestOptions) -> Callable[[]
         from medgen.io.dicom_series import DicomSeriesError, load_series
 
         try:
-            loaded = load_series(series, on_tilt=options.on_tilt, on_uneven=options.on_uneven, min_slices=options.min_slices)
+            loaded = load_series(series, on_tilt=options.on_tilt, on_uneven=options.on_uneven, min_slices=options.min_slices,
+                                 allow_constant=options.allow_constant)
         except DicomSeriesError as exc:
             raise _Refused(clean(str(exc), for_sidecar=False)) from exc
         except Exception as exc:  # reported as failed; the message must be as safe as a refusal's
@@ -300,8 +328,12 @@ def _dicom_load(series: Any, src: Source, options: IngestOptions) -> Callable[[]
                 "spacing": _spacing(loaded.affine),
                 "warnings": warnings,
                 "corrections": clean(dict(loaded.corrections or {}), for_sidecar=True),
+                "conversion": clean(dict(loaded.info or {}), for_sidecar=True),
             }
         )
+        constant = _constant_value(loaded.array)
+        if constant is not None:  # load_series refused it unless allowed
+            _allow_constant(sidecar, warnings, constant)
         return _Loaded(np.asarray(loaded.array, dtype=np.float32), np.asarray(loaded.affine, dtype=np.float64), sidecar, warnings)
 
     return load
@@ -309,7 +341,7 @@ def _dicom_load(series: Any, src: Source, options: IngestOptions) -> Callable[[]
 
 def _dicom_jobs(src: Source, subject: str | None, options: IngestOptions, summary: IngestSummary, seen: set[str]) -> list[_Job]:
     """Scan one DICOM input; its unreadable/non-image files go to the summary, its series become jobs."""
-    from medgen.io.dicom_series import scan_dicom
+    from medgen.io.dicom_series import scan_dicom, split_series
 
     log.info("scanning %s for DICOM", src.display)
     report = scan_dicom([src.path])
@@ -328,16 +360,24 @@ def _dicom_jobs(src: Source, subject: str | None, options: IngestOptions, summar
             continue
         seen.add(series.series_uid)
         header = series.header
-        jobs.append(
-            _Job(
-                subject=subject or src.subject or _dicom_subject(header, options.uid_salt),
-                modality=normalise_modality(src.modality) if src.modality else classify_series(header),
-                source="dicom",
-                what=what,
-                order=(_series_number(header), pseudonymise_uid(str(series.series_uid), options.uid_salt)),
-                load=_dicom_load(series, src, options),
+        split = split_series(series)
+        for path, reason in split.dropped:
+            shown = display_path(Path(path), src.root)
+            summary.skipped.append((shown, _series_text(reason, series, src, keep_descriptions=options.keep_descriptions, for_sidecar=False)))
+        notes = [_series_text(n, series, src, keep_descriptions=options.keep_descriptions, for_sidecar=False) for n in split.notes]
+        for index, part in enumerate(split.parts):
+            jobs.append(
+                _Job(
+                    subject=subject or src.subject or _dicom_subject(header, options.uid_salt),
+                    modality=normalise_modality(src.modality) if src.modality else classify_series(header),
+                    source="dicom",
+                    what=what + (f" [{part.part}]" if part.part else ""),
+                    order=(_series_number(header), pseudonymise_uid(str(series.series_uid), options.uid_salt), index),
+                    load=_dicom_load(part, src, options),
+                    acq=part.acq,
+                    notes=notes if index == 0 else [],
+                )
             )
-        )
     return jobs
 
 
@@ -375,6 +415,7 @@ def _write(job: _Job, loaded: _Loaded, name: str, out_dir: Path) -> dict[str, An
         "subject": job.subject,
         "modality": job.modality,
         "name": name,
+        "acq": job.acq,
         "output": str(image),
         "sidecar": str(sidecar),
         "source": job.source,
@@ -382,7 +423,7 @@ def _write(job: _Job, loaded: _Loaded, name: str, out_dir: Path) -> dict[str, An
         "shape": list(loaded.array.shape),
         "spacing": _spacing(loaded.affine),
         "warnings": list(loaded.warnings),
-        "notes": [],
+        "notes": list(job.notes),
     }
 
 
@@ -399,8 +440,9 @@ def _run_job(job: _Job, names: dict[tuple[str, str], list[str]], out_dir: Path, 
         summary.failed.append((job.what, reason))
         log.warning("failed %s: %s", job.what, exc)
         return
-    taken = names.setdefault((job.subject, job.modality), [])
-    name = job.modality if not taken else f"{job.modality}_run-{len(taken) + 1}"
+    base = job.modality + (f"_acq-{job.acq}" if job.acq else "")
+    taken = names.setdefault((job.subject, base), [])
+    name = base if not taken else f"{base}_run-{len(taken) + 1}"
     try:
         item = _write(job, loaded, name, out_dir)
     except (OSError, ValueError) as exc:
@@ -408,7 +450,7 @@ def _run_job(job: _Job, names: dict[tuple[str, str], list[str]], out_dir: Path, 
         log.warning("failed %s: %s", job.what, exc)
         return
     if taken:
-        item["notes"].append(f"{job.subject}/{job.modality} already taken by {taken[0]} in this run; written as {name}")
+        item["notes"].append(f"{job.subject}/{base} already taken by {taken[0]} in this run; written as {name}")
     taken.append(job.what)
     summary.converted.append(item)
     log.info("converted %s -> %s/%s.nii.gz", job.what, job.subject, name)
@@ -419,7 +461,8 @@ def _missing(requested: Sequence[str], subjects: set[str], summary: IngestSummar
     wanted = [normalise_modality(m) for m in requested]
     out = []
     for subject in sorted(subjects):
-        found = sorted({c["modality"] for c in summary.converted if c["subject"] == subject})
+        # One orientation split from a mixed series (<modality>_acq-<plane>) is not the <modality> image.
+        found = sorted({c["modality"] for c in summary.converted if c["subject"] == subject and not c.get("acq")})
         have = {m.lower() for m in found}
         for modality in wanted:
             if modality.lower() not in have:
