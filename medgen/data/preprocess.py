@@ -11,6 +11,7 @@ holding the inverse mappings and the geometry.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import warnings
 from dataclasses import asdict, dataclass
@@ -298,11 +299,36 @@ def preprocess_subject(
     return meta
 
 
+def _check_not_constant(path: Path, vol: Volume, notes: list[str]) -> None:
+    """Refuse an image whose voxels all have one value, unless ingest let it through on purpose.
+
+    Normalising such an image gives 0 everywhere and trains a model on nothing. Ingest refuses it
+    too; with ``--allow-constant`` it marks the image ``"constant_allowed": true`` in the sidecar
+    beside it, and only then is it accepted here (with a note).
+    """
+    array = np.asarray(vol.array)
+    if not array.size or float(array.min()) != float(array.max()):
+        return
+    stem = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+    sidecar = path.with_name(stem + ".json")
+    try:
+        allowed = sidecar.is_file() and json.loads(sidecar.read_text()).get("constant_allowed") is True
+    except (OSError, ValueError):
+        allowed = False
+    value = float(array.min())
+    if not allowed:
+        raise ValueError(f"{path}: every voxel is {value:g}: a constant image holds nothing to learn from (normalised it would "
+                         "be 0 everywhere); check the source data, or ingest it with --allow-constant "
+                         "(config ingest.allow_constant: true) if it is intended")
+    notes.append(f"{path.name}: every voxel is {value:g}; accepted because ingest marked it constant_allowed")
+
+
 def _run(paths: dict[str, Path], ref: str, out_dir: Path, cfg: PreprocessConfig, labels: Path | None) -> dict[str, Any]:
     notes: list[str] = []
     digests = {mod: _sha256(p) for mod, p in paths.items()}
 
     ref_vol = load_nifti(paths[ref])
+    _check_not_constant(paths[ref], ref_vol, notes)
     notes += ref_vol.warnings
     grid = to_ras_grid(ref_vol, cfg.spacing)
     images: dict[str, MetaTensor] = {ref: grid}
@@ -311,6 +337,7 @@ def _run(paths: dict[str, Path], ref: str, out_dir: Path, cfg: PreprocessConfig,
         if mod == ref:
             continue
         vol = load_nifti(path)
+        _check_not_constant(path, vol, notes)
         notes += vol.warnings
         affine = vol.affine
         registration[mod] = None

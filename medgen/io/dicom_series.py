@@ -328,16 +328,20 @@ def _number(value: object, default: float) -> float:
         return default
 
 
-def _rescale_value(value: object, default: float) -> float:
-    """RescaleSlope/Intercept: ``default`` when absent, NaN when present but not a number.
+def _rescale_value(ds: Dataset | None, keyword: str, default: float) -> float:
+    """RescaleSlope/Intercept of ``ds``: ``default`` when absent, NaN when present but not a number.
 
     Unlike :func:`_number`, a malformed value is not replaced by the default: loading refuses it.
+    pydicom raises while decoding a DS that is not a number; that too becomes NaN here.
     """
-    if value in (None, ""):
+    if ds is None:
         return default
     try:
+        value = ds.get(keyword)
+        if value in (None, ""):
+            return default
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return float("nan")
 
 
@@ -369,7 +373,7 @@ def _single_frames(path: Path, ds: Dataset, layout: PixelLayout) -> list[DicomFr
         DicomFrame(
             path=path, frame=None, position=position, orientation=orientation,  # type: ignore[arg-type]
             pixel_spacing=spacing,  # type: ignore[arg-type]
-            slope=_rescale_value(ds.get("RescaleSlope"), 1.0), intercept=_rescale_value(ds.get("RescaleIntercept"), 0.0),
+            slope=_rescale_value(ds, "RescaleSlope", 1.0), intercept=_rescale_value(ds, "RescaleIntercept", 0.0),
             instance_number=instance, layout=layout, image_type=_image_type(ds), spacing_source=source,
         )
     ]
@@ -388,7 +392,7 @@ def _multi_frames(path: Path, ds: Dataset, layout: PixelLayout) -> list[DicomFra
     per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", []) or [])
     shared_seq = ds.get("SharedFunctionalGroupsSequence", []) or []
     shared = shared_seq[0] if len(shared_seq) else None
-    top_slope, top_inter = _rescale_value(ds.get("RescaleSlope"), 1.0), _rescale_value(ds.get("RescaleIntercept"), 0.0)
+    top_slope, top_inter = _rescale_value(ds, "RescaleSlope", 1.0), _rescale_value(ds, "RescaleIntercept", 0.0)
     frames = []
     for k in range(layout.n_frames):
         groups = per_frame[k] if k < len(per_frame) else None
@@ -402,8 +406,7 @@ def _multi_frames(path: Path, ds: Dataset, layout: PixelLayout) -> list[DicomFra
                 position=_floats(pos.get("ImagePositionPatient"), 3) if pos is not None else None,  # type: ignore[arg-type]
                 orientation=_floats(ori.get("ImageOrientationPatient"), 6) if ori is not None else None,
                 pixel_spacing=_floats(meas.get("PixelSpacing"), 2) if meas is not None else None,  # type: ignore[arg-type]
-                slope=_rescale_value(pvt.get("RescaleSlope"), top_slope) if pvt is not None else top_slope,
-                intercept=_rescale_value(pvt.get("RescaleIntercept"), top_inter) if pvt is not None else top_inter,
+                slope=_rescale_value(pvt, "RescaleSlope", top_slope), intercept=_rescale_value(pvt, "RescaleIntercept", top_inter),
                 instance_number=k + 1, layout=layout, image_type=_image_type(ds),
             )
         )
