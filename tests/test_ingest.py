@@ -207,6 +207,7 @@ def test_nifti_form_mismatch_policy(tmp_path):
     summary = ingest([src], tmp_path / "out")
     assert summary.exit_code == 1
     assert "qform" in dict(summary.failed)["sub-01_T1w.nii.gz"]
+    assert "--form-mismatch warn" in dict(summary.failed)["sub-01_T1w.nii.gz"]  # advice in the user's words
     summary = ingest([src], tmp_path / "out", options=IngestOptions(form_mismatch="warn"))
     assert summary.exit_code == 0
     meta = sidecar(tmp_path / "out", "sub-01", "T1w")
@@ -220,6 +221,7 @@ def test_nifti_nonfinite_policy(tmp_path):
     src = write_nifti(tmp_path / "sub-01_T1w.nii.gz", data)
     summary = ingest([src], tmp_path / "out")
     assert "NaN" in dict(summary.failed)["sub-01_T1w.nii.gz"]
+    assert "ingest.nonfinite: zero|min" in dict(summary.failed)["sub-01_T1w.nii.gz"]
     summary = ingest([src], tmp_path / "out", options=IngestOptions(nonfinite="zero"))
     assert summary.exit_code == 0
     assert nib.load(str(tmp_path / "out" / "sub-01" / "T1w.nii.gz")).get_fdata()[1, 2, 3] == 0

@@ -63,7 +63,7 @@ def _choose_affine(img: nib.Nifti1Image, path: Path, policy: FormPolicy) -> tupl
                 "readers differ on which one they use"
             )
             if policy == "error":
-                raise NiftiError(msg + " (pass form_mismatch='warn' to use the sform)")
+                raise NiftiError(msg + " (--form-mismatch warn / config ingest.form_mismatch: warn uses the sform)")
             notes.append(msg + "; used the sform")
         return sform, notes
     if scode:
@@ -113,7 +113,7 @@ def load_nifti(
     n_bad = int(bad.sum())
     if n_bad:
         if nonfinite == "error":
-            raise NiftiError(f"{path}: {n_bad} NaN/inf voxels (set nonfinite to 'zero' or 'min' to replace them)")
+            raise NiftiError(f"{path}: {n_bad} NaN/inf voxels (--nonfinite zero|min / config ingest.nonfinite: zero|min replaces them)")
         fill = 0.0 if nonfinite == "zero" else float(data[~bad].min()) if n_bad < data.size else 0.0
         data = np.where(bad, np.float32(fill), data)
         notes.append(f"{path}: replaced {n_bad} NaN/inf voxels by {fill}")
