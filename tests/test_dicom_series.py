@@ -187,6 +187,26 @@ def test_gantry_tilt_refused_then_resampled(tmp_path):
     assert np.count_nonzero(loaded.array == 500.0) == 5
 
 
+def test_gantry_tilt_with_a_missing_slice_resampled_along_the_tilted_line(tmp_path):
+    """Uneven spacing is filled in along the (tilted) line of slice origins first, then the tilt is
+    removed: every slice, the interpolated one too, lands where the sheared stack put it."""
+    vol = np.full((9, 12, 6), -1000.0)
+    vol[4, 2, :] = 500.0
+    paths = write(tmp_path, vol, tilted_affine(45.0), extra={"GantryDetectorTilt": 45.0})
+    paths[2].unlink()
+    series = only_series(tmp_path)
+    with pytest.raises(DicomSeriesError, match="uneven slice spacing"):
+        load_series(series)
+    loaded = load_series(series, on_uneven="resample")
+    assert loaded.corrections["tilt_resampled"] and loaded.corrections["resampled"]
+    assert loaded.array.shape == (9, 12 + 5, 6)
+    for k in range(6):  # slice 2 is the mean of slices 1 and 3: the bright voxel stays at (4, 2) of its slice
+        world = tilted_affine(45.0) @ [4, 2, k, 1]
+        idx = np.round(np.linalg.solve(loaded.affine, world)[:3]).astype(int)
+        np.testing.assert_allclose(loaded.affine @ [*idx, 1], world, atol=1e-6)
+        assert loaded.array[tuple(idx)] == 500.0
+
+
 def test_header_tilt_without_shear_only_warns(tmp_path):
     write(tmp_path, extra={"GantryDetectorTilt": 12.0})
     loaded = load_series(only_series(tmp_path))
