@@ -233,10 +233,16 @@ def test_mr_percentile_maps_to_unit_range(subject: dict[str, Path], tmp_path: Pa
         assert mapping["units"] == "a.u." and mapping["clip_normalised"] == [-1.0, 1.0]
 
 
-def test_constant_images_warn_and_stay_finite(tmp_path: Path) -> None:
+def test_constant_images_are_refused_unless_ingest_allowed_them(tmp_path: Path) -> None:
     zeros = save_nifti(tmp_path / "T1w.nii.gz", np.zeros(SHAPE_A, np.float32), AFFINE_A)
     flat = save_nifti(tmp_path / "T2w.nii.gz", np.full(SHAPE_B, 7.0, np.float32), AFFINE_B)
     cfg = PreprocessConfig(spacing=OUT_SPACING, size=OUT_SIZE)
+    with pytest.raises(ValueError, match=r"T1w\.nii\.gz: every voxel is 0: .*--allow-constant"):
+        preprocess_subject({"T1w": zeros, "T2w": flat}, tmp_path / "refused", cfg)
+    assert not (tmp_path / "refused").exists()
+    # Ingest with --allow-constant marks them in their sidecars; then they pass, warned and finite.
+    for name in ("T1w", "T2w"):
+        (tmp_path / f"{name}.json").write_text('{"constant_allowed": true}')
     with pytest.warns(RuntimeWarning, match="constant|empty"):
         meta = preprocess_subject({"T1w": zeros, "T2w": flat}, tmp_path / "out", cfg)
     for mod in ("T1w", "T2w"):
