@@ -107,6 +107,8 @@ def test_dicomdirtests_tree_converts_every_real_image_series(tmp_path):
         assert side["conversion"]["pixel_spacing_source"] == "ImagerPixelSpacing (0018,1164)"
         assert side["conversion"]["photometric"]["source"] == "MONOCHROME1"
         assert item["spacing"][:2] == pytest.approx([0.1, 0.1])
+    radial = json.loads((tmp_path / "out" / summary.converted[-1]["subject"] / "MR_acq-sag_run-6.json").read_text())
+    assert radial["conversion"]["acq"] == "sag" and radial["conversion"]["part"] == "orientation 7 of 7, acq-sag"
     split_notes = [n for c in summary.converted for n in c["notes"] if "slice orientations" in n]
     assert len(split_notes) == 3 and any("7 slice orientations" in n for n in split_notes)
 

@@ -845,6 +845,10 @@ def load_series(
         loaded = _load_stack(series, frames, on_tilt=on_tilt, on_uneven=on_uneven, min_slices=min_slices)
     if not allow_constant:
         _refuse_constant(series, frames, loaded.array)
+    if series.part:  # one part of a split series: say which
+        loaded.info["part"] = series.part
+        if series.acq:
+            loaded.info["acq"] = series.acq
     for w in loaded.warnings:
         log.warning(w)
     return loaded
