@@ -16,6 +16,7 @@ import pytest
 from medgen.cli import main
 from medgen.io import dicom_write
 from medgen.io.deid import pseudonymise_subject
+from tests.conftest import TEST_SECRET
 from medgen.io.ingest import (
     MR_SERIES_PATTERNS,
     IngestOptions,
@@ -164,15 +165,21 @@ def test_manifest_with_relative_paths(tmp_path):
         "P3\tT1w\n"
     )
     out = tmp_path / "out"
-    summary = ingest([manifest], out)
+    summary = ingest([manifest], out, options=IngestOptions(keep_subject_labels=True))
     assert sorted((c["subject"], c["name"]) for c in summary.converted) == [("P1", "FLAIR"), ("P1", "T1w")]
     failed = dict(summary.failed)
-    assert "missing.nii.gz" in failed["manifest.tsv row 4"]
+    assert "does not exist" in failed["manifest.tsv row 4"] and "missing.nii.gz" not in failed["manifest.tsv row 4"]
     assert "manifest.tsv row 5" in failed
     # one workflow job per subject: with subject=, only that subject's rows are read
     only = ingest([manifest], tmp_path / "out1", subject="P1", modalities=["T1w", "FLAIR"])
     assert only.exit_code == 0 and not only.failed
     assert sorted(c["name"] for c in only.converted) == ["FLAIR", "T1w"]
+    # by default a manifest's subjects become keyed pseudonyms, and the workflow selects rows by them
+    pseudonym = pseudonymise_subject("P1", TEST_SECRET)
+    default = ingest([manifest], tmp_path / "out2")
+    assert sorted({c["subject"] for c in default.converted}) == [pseudonym]
+    by_pseudonym = ingest([manifest], tmp_path / "out3", subject=pseudonym, modalities=["T1w", "FLAIR"])
+    assert by_pseudonym.exit_code == 0 and "P1" not in by_pseudonym.render()
 
 
 def test_manifest_bad_header_fails(tmp_path):
@@ -390,7 +397,7 @@ def test_dicom_refused_series_reason_and_missing(tmp_path):
     assert summary.exit_code == 1
     assert not summary.converted
     what, reason = summary.skipped[-1]
-    assert "loc" in what and "2 slice" in reason
+    assert what == "sub-01 series 1 (MR)" and "2 slice" in reason  # the input folder is shown as the subject
     assert "JANE" not in summary.render() and str(tmp_path) not in summary.render()
     assert summary.missing == ["sub-01: T1w not found (found: nothing)"]
     assert ingest([tmp_path / "loc"], tmp_path / "out2", options=IngestOptions(min_slices=2)).exit_code == 0
@@ -413,7 +420,7 @@ def test_dicom_manifest_folder_and_burned_in(tmp_path):
     write_series(base / "dicom" / "s1", description="whatever", extra={"BurnedInAnnotation": "YES"})
     (base / "m.tsv").write_text("subject\tmodality\tpath\nP9\tT2w\tdicom/s1\n")
     out = tmp_path / "out"
-    summary = ingest([base / "m.tsv"], out)
+    summary = ingest([base / "m.tsv"], out, options=IngestOptions(keep_subject_labels=True))
     assert [(c["subject"], c["name"]) for c in summary.converted] == [("P9", "T2w")]
     meta = sidecar(out, "P9", "T2w")
     assert meta["BurnedInAnnotation"] == "YES"
