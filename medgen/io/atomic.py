@@ -32,11 +32,14 @@ def default_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def atomic_write_with(path: Path | str, write: Callable[[IO[bytes]], None], *, durable: bool = False) -> Path:
+def atomic_write_with(
+    path: Path | str, write: Callable[[IO[bytes]], None], *, durable: bool = False, mode: int | None = None
+) -> Path:
     """Call ``write(fh)`` on a temp file beside ``path``, then rename it into place.
 
     ``durable``: fsync the file and its folder so that the new content survives a power cut
-    (checkpoints); otherwise the OS flushes when it likes. A failure removes the temp file and
+    (checkpoints); otherwise the OS flushes when it likes. ``mode``: permissions instead of the
+    umask's (e.g. 0o600 for a file only its owner may read). A failure removes the temp file and
     leaves any previous ``path`` as it was.
     """
     path = Path(path)
@@ -48,7 +51,7 @@ def atomic_write_with(path: Path | str, write: Callable[[IO[bytes]], None], *, d
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, default_file_mode())
+        os.chmod(tmp, default_file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,9 +61,9 @@ def atomic_write_with(path: Path | str, write: Callable[[IO[bytes]], None], *, d
     return path
 
 
-def atomic_write_bytes(path: Path | str, data: bytes, *, durable: bool = False) -> Path:
+def atomic_write_bytes(path: Path | str, data: bytes, *, durable: bool = False, mode: int | None = None) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write_with`)."""
-    return atomic_write_with(path, lambda fh: fh.write(data), durable=durable)
+    return atomic_write_with(path, lambda fh: fh.write(data), durable=durable, mode=mode)
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:

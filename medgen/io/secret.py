@@ -9,8 +9,10 @@ which is public: its pseudonyms protect nothing (the phantom holds nobody's data
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 SECRET_ENV = "MEDGEN_UID_SALT"
 
@@ -46,3 +48,31 @@ def load_secret(salt_file: Path | str | None = None) -> str:
     if not secret:
         raise SecretMissing(f"no secret for pseudonyms: {HOW_TO_SET}")
     return secret
+
+
+#: Config keys that hold or lead to the secret or the original -> pseudonym map: never copied
+#: into results or shown in the report.
+SECRET_BEARING_KEYS: tuple[tuple[str, str], ...] = (
+    ("ingest", "uid_salt"), ("ingest", "uid_salt_file"), ("ingest", "mapping_file"),
+)
+
+
+def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a workflow config without :data:`SECRET_BEARING_KEYS`."""
+    out = copy.deepcopy(dict(config))
+    for section, key in SECRET_BEARING_KEYS:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
+
+
+def privacy_note(config: Mapping[str, Any]) -> str:
+    """One sentence for the report: how subjects were named and with which kind of secret."""
+    data = config.get("data") or {}
+    if "phantom" in data:
+        return ("Pseudonyms (subject labels, UIDs) of this phantom demo are keyed with medgen's public demo secret: "
+                "they protect nothing, which is fine for phantom data; real data needs a secret of its own "
+                f"({SECRET_ENV} or ingest.uid_salt_file).")
+    if data.get("keep_subject_labels"):
+        return "Subject labels are the input's own (data.keep_subject_labels); UIDs are keyed pseudonyms."
+    return "Subject labels and UIDs are keyed pseudonyms; the secret is not shown or stored anywhere in the results."
