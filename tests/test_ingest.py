@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import hashlib
 import json
 import re
@@ -454,3 +455,44 @@ def test_dicom_uneven_refused_then_resampled(tmp_path):
     meta = sidecar(tmp_path / "out", "sub-01", "T2w")
     assert meta["corrections"] and meta["n_slices"] == 5
     assert str(tmp_path) not in json.dumps(meta)
+
+
+# --------------------------------------------------------------------------- one patient per subject, logs
+
+
+def test_subject_refuses_inputs_of_two_patients_unless_merged(tmp_path, capsys):
+    other = dicom_write.PatientIdentity(name="ROE^RICHARD", patient_id="MRN5550199")
+    write_series(tmp_path / "in" / "a", description="t1_mprage", number=1, seed=1)
+    write_series(tmp_path / "in" / "b", description="t1_mprage", number=2, seed=2, identity=other)
+    out = tmp_path / "out"
+    code = main(["ingest", str(tmp_path / "in"), "--out", str(out), "--subject", "sub-01"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 patients" in err and "--merge-patients" in err and "PatientID (0010,0020)" in err
+    assert "MRN5550199" not in err and IDENTITY.patient_id not in err  # the IDs are compared, never shown
+    assert not out.exists()  # refused before anything was written
+    merged = ingest([tmp_path / "in"], out, subject="sub-01", options=IngestOptions(merge_patients=True))
+    assert sorted(c["name"] for c in merged.converted) == ["T1w", "T1w_run-2"]
+    # one patient in two series is fine without the flag
+    write_series(tmp_path / "one" / "a", number=1, seed=1)
+    write_series(tmp_path / "one" / "b", number=2, seed=2)
+    assert ingest([tmp_path / "one"], tmp_path / "out2", subject="sub-02").exit_code == 0
+
+
+def test_every_log_handler_gets_the_redaction_of_the_summary(tmp_path):
+    """A reader warning that quotes the SeriesDescription and file paths reaches no log handler as such."""
+    import logging
+
+    files = write_series(tmp_path / "DOE_JANE_MRN123" / "s1", description="t1 DOE JANE", shape=(8, 7, 6))
+    files[3].unlink()  # a missing slice: the reader warns (naming the series) and resamples
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    try:
+        summary = ingest([tmp_path / "DOE_JANE_MRN123"], tmp_path / "out", subject="sub-01",
+                         options=IngestOptions(on_uneven="resample"))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    logged = stream.getvalue()
+    assert summary.exit_code == 0 and "<description withheld>" in logged  # the warning was logged, redacted
+    for leak in ("DOE JANE", "DOE_JANE", str(tmp_path)):
+        assert leak not in logged and leak not in summary.render(), leak
