@@ -640,6 +640,15 @@ BASIC_PROFILE: tuple[tuple[int, str, str], ...] = (
     (0xFFFCFFFC, "DataSetTrailingPadding", "X"),
 )
 
+#: Removed by medgen although Table E.1-1 does not list them: software versions and the
+#: application entity titles of the file meta name a site's equipment and network nodes.
+MEDGEN_ADDITIONS: tuple[tuple[int, str, str], ...] = (
+    (0x00020016, "SourceApplicationEntityTitle", "X"),
+    (0x00020017, "SendingApplicationEntityTitle", "X"),
+    (0x00020018, "ReceivingApplicationEntityTitle", "X"),
+    (0x00181020, "SoftwareVersions", "X"),
+)
+
 #: Repeating groups the table removes as a whole: curves (50xx) and overlays (60xx), even groups.
 REMOVED_GROUP_RANGES: tuple[range, ...] = (range(0x5000, 0x5100, 2), range(0x6000, 0x6100, 2))
 

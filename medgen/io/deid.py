@@ -30,7 +30,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
-from medgen.io.annex_e import BASIC_PROFILE, REMOVED_GROUP_RANGES, effective_action
+from medgen.io.annex_e import BASIC_PROFILE, MEDGEN_ADDITIONS, REMOVED_GROUP_RANGES, effective_action
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,10 @@ _DUMMY_OVERRIDES: dict[str, str] = {"ContrastBolusAgent": "PRESENT"}
 
 #: Annex E code written into DeidentificationMethodCodeSequence (CID 7050).
 _BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
-DEIDENTIFICATION_METHOD = "DICOM PS3.15 Annex E Table E.1-1 basic profile (medgen); UIDs keyed-hash"
+DEIDENTIFICATION_METHOD = "PS3.15 E.1-1 basic profile (medgen); keyed-hash UIDs"  # LO: <= 64
 
-_ACTIONS: dict[int, str] = {tag: effective_action(action) for tag, _, action in BASIC_PROFILE}
-_RAW_ACTIONS: dict[int, str] = {tag: action for tag, _, action in BASIC_PROFILE}
+_ACTIONS: dict[int, str] = {tag: effective_action(action) for tag, _, action in BASIC_PROFILE + MEDGEN_ADDITIONS}
+_RAW_ACTIONS: dict[int, str] = {tag: action for tag, _, action in BASIC_PROFILE + MEDGEN_ADDITIONS}
 _REMOVED_GROUPS = frozenset(g for r in REMOVED_GROUP_RANGES for g in r)
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT", "UI"})
 #: VRs whose D dummy is a keyed hash of the original value (consistent across files, length <= 14).
