@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("ingest", help="DICOM folders / BIDS-like trees / manifest TSV -> de-identified NIfTI + JSON sidecars")
     p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="DICOM folder, BIDS-like root, NIfTI file or manifest .tsv")
     p.add_argument("--out", type=Path, required=True, help="output root: OUT/<subject>/<modality>.nii.gz")
-    p.add_argument("--subject", help="subject label for every input (default: from BIDS/manifest, or a pseudonym)")
+    p.add_argument("--subject", help="subject label for every input; refused if they hold several patients (default: BIDS label, or a keyed pseudonym)")
     p.add_argument("--modalities", nargs="+", help="modalities that must be found (others are still converted)")
     p.add_argument("--on-tilt", choices=["refuse", "resample"], default="refuse", help="gantry-tilted series")
     p.add_argument("--on-uneven", choices=["refuse", "resample"], default="refuse", help="missing slices / uneven spacing")

@@ -496,3 +496,20 @@ def test_every_log_handler_gets_the_redaction_of_the_summary(tmp_path):
     assert summary.exit_code == 0 and "<description withheld>" in logged  # the warning was logged, redacted
     for leak in ("DOE JANE", "DOE_JANE", str(tmp_path)):
         assert leak not in logged and leak not in summary.render(), leak
+
+
+def test_ingest_by_hand_needs_a_secret_from_the_environment_or_a_file(tmp_path, monkeypatch, capsys):
+    write_series(tmp_path / "in", description="t1_mprage")
+    monkeypatch.delenv("MEDGEN_UID_SALT")
+    code = main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "MEDGEN_UID_SALT" in err and "--uid-salt-file" in err
+    assert not (tmp_path / "out").exists()
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("file-secret\n")
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--uid-salt-file", str(secret_file)]) == 0
+    assert (tmp_path / "out" / pseudonymise_subject(IDENTITY.patient_id, "file-secret") / "T1w.nii.gz").exists()
+    monkeypatch.setenv("MEDGEN_UID_SALT", "env-secret")
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "out2")]) == 0
+    assert (tmp_path / "out2" / pseudonymise_subject(IDENTITY.patient_id, "env-secret")).is_dir()
+    assert "file-secret" not in capsys.readouterr().out

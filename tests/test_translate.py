@@ -265,6 +265,9 @@ def test_dicom_in_dicom_out(tmp_path: Path) -> None:
     nifti_out = tmp_path / "sct.nii.gz"
     translate_volume(trained, src_dir, nifti_out, progress=False)
     dicom_out = tmp_path / "sct_dicom"
+    with pytest.raises(ValueError, match="secret"):
+        translate_volume(trained, src_dir, dicom_out, dicom=True, progress=False)
+    assert not dicom_out.exists()
     summary = translate_volume(trained, src_dir, dicom_out, dicom=True, progress=False, uid_salt="s3cret")
     assert summary["files"] == SHAPE[2]
 

@@ -7,9 +7,14 @@ from scratch so that nothing of the source header travels) with a sidecar
 
 Naming:
 
-* subject: ``subject=`` if given (a manifest then contributes only that subject's rows); else the BIDS ``sub-*`` folder, the manifest's subject or a
-  BIDS-like file name; for DICOM a keyed pseudonym of PatientID
-  (:func:`medgen.io.deid.pseudonymise_subject`), never the ID or the name.
+* subject: ``subject=`` if given (a manifest then contributes only that subject's rows, matched
+  by their subject or its pseudonym); else the BIDS ``sub-*`` folder or BIDS-like file name; a
+  manifest's subject as a keyed pseudonym (as written with ``keep_subject_labels``); for DICOM a
+  keyed pseudonym of PatientID (:func:`medgen.io.deid.pseudonymise_subject`), never the ID or
+  the name. The key is the study's secret (``IngestOptions.uid_salt``, else ``MEDGEN_UID_SALT``).
+* messages name inputs relative to the input, with the input's own name replaced by ``subject=``
+  when given (hospital exports name folders after the patient); every log handler gets the same
+  redaction as the summary (:mod:`medgen.io.redact`).
 * modality: the manifest's or the BIDS suffix; for DICOM :func:`classify_series`.
 * Two images with the same subject and modality in one run are ordered by SeriesNumber, then
   pseudonymised SeriesInstanceUID (NIfTI: by path); the first keeps ``<modality>``, the next
@@ -240,9 +245,7 @@ def _nifti_job(src: Source, subject: str | None, options: IngestOptions) -> _Job
 
 def _dicom_subject(header: Any, salt: str) -> str:
     """Keyed pseudonym of PatientID (of the study UID when PatientID is empty)."""
-    patient_id = str(header.get("PatientID", "") or "").strip()
-    key = patient_id or "study:" + str(header.get("StudyInstanceUID", "") or "")
-    return pseudonymise_subject(key, salt)
+    return pseudonymise_subject(_patient_key(header), salt)
 
 
 def _series_number(header: Any) -> float:
