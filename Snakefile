@@ -1,10 +1,13 @@
 # medgen workflow: DICOM/NIfTI -> de-identified NIfTI -> preprocessed volumes -> subject split
 # -> trained models -> samples and translated volumes -> metrics -> report.html.
 # Every rule calls the `medgen` command line; pipeline/ computes subjects and file names.
+import shlex
+
 import yaml
 
+from medgen.io.secret import DEMO_SECRET, SecretMissing, load_secret
 from pipeline.config import validate_config
-from pipeline.subjects import subjects_of, ingest_inputs
+from pipeline.subjects import ingest_inputs, needs_secret, subject_sources, write_subject_mapping
 
 # The demo config applies only when none is given: a user's --configfile replaces it instead of
 # being merged into it (merging would add the phantom to every user's data sources).
@@ -17,9 +20,36 @@ except ValueError as exc:
     raise WorkflowError(str(exc)) from None
 
 RESULTS = config["results"]
-SUBJECTS = subjects_of(config)
 MODALITIES = config["modalities"]
 USE_PHANTOM = "phantom" in config["data"]
+
+# Subjects are named by keyed pseudonyms, so the secret is needed before any job: from the
+# environment (MEDGEN_UID_SALT, inherited by every job) or a file (ingest.uid_salt_file, whose
+# path, not content, is passed on). It never appears on a command line or in a file medgen writes.
+if needs_secret(config):
+    try:
+        _SECRET = load_secret(config["ingest"]["uid_salt_file"])
+    except SecretMissing as exc:
+        raise WorkflowError(f"medgen needs a secret for subject pseudonyms before it starts: {exc}") from None
+else:
+    _SECRET = DEMO_SECRET  # the phantom demo: public, and said so in the report
+try:
+    SUBJECT_SOURCES = subject_sources(config, _SECRET)
+except ValueError as exc:
+    raise WorkflowError(str(exc)) from None
+del _SECRET
+SUBJECTS = list(SUBJECT_SOURCES)
+if USE_PHANTOM:
+    INGEST_SECRET_FLAG = "--demo-secret"
+elif config["ingest"]["uid_salt_file"]:
+    INGEST_SECRET_FLAG = "--uid-salt-file " + shlex.quote(config["ingest"]["uid_salt_file"])
+else:
+    INGEST_SECRET_FLAG = ""  # MEDGEN_UID_SALT, inherited from this process's environment
+
+
+onstart:
+    if config["ingest"]["mapping_file"]:
+        write_subject_mapping(config["ingest"]["mapping_file"], SUBJECT_SOURCES)
 
 wildcard_constraints:
     subject=r"[A-Za-z0-9][A-Za-z0-9_.-]*",

@@ -34,6 +34,13 @@ def _phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret(args: argparse.Namespace) -> str:
+    """The pseudonym secret: the public demo one on request, else from --uid-salt-file or MEDGEN_UID_SALT."""
+    from medgen.io.secret import DEMO_SECRET, load_secret
+
+    return DEMO_SECRET if getattr(args, "demo_secret", False) else load_secret(args.uid_salt_file)
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from medgen.io.ingest import IngestOptions, ingest
 
@@ -41,11 +48,13 @@ def _ingest(args: argparse.Namespace) -> int:
         on_tilt=args.on_tilt,
         on_uneven=args.on_uneven,
         keep_descriptions=args.keep_descriptions,
-        uid_salt=args.uid_salt,
+        uid_salt=_secret(args),
         nonfinite=args.nonfinite,
         form_mismatch=args.form_mismatch,
         min_slices=args.min_slices,
         allow_constant=args.allow_constant,
+        keep_subject_labels=args.keep_subject_labels,
+        merge_patients=args.merge_patients,
     )
     summary = ingest(args.inputs, args.out, subject=args.subject, modalities=args.modalities, options=options)
     print(summary.render())
@@ -136,7 +145,8 @@ def _translate(args: argparse.Namespace) -> int:
     from medgen.train.run import load_trained
 
     trained = load_trained(args.checkpoint, device=args.device)
-    summary = translate_volume(trained, args.input, args.output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom)
+    salt = _secret(args) if args.dicom else None
+    summary = translate_volume(trained, args.input, args.output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom, uid_salt=salt)
     print(f"translate: {args.input} -> {args.output} ({summary.get('units', '')})")
     return 0
 
@@ -204,13 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("ingest", help="DICOM folders / BIDS-like trees / manifest TSV -> de-identified NIfTI + JSON sidecars")
     p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="DICOM folder, BIDS-like root, NIfTI file or manifest .tsv")
     p.add_argument("--out", type=Path, required=True, help="output root: OUT/<subject>/<modality>.nii.gz")
-    p.add_argument("--subject", help="subject label for every input (default: from BIDS/manifest, or a pseudonym)")
+    p.add_argument("--subject", help="subject label for every input; refused if they hold several patients (default: BIDS label, or a keyed pseudonym)")
     p.add_argument("--modalities", nargs="+", help="modalities that must be found (others are still converted)")
     p.add_argument("--on-tilt", choices=["refuse", "resample"], default="resample",
                    help="gantry-tilted series: resample onto an orthogonal grid holding the whole stack (default), or refuse")
     p.add_argument("--on-uneven", choices=["refuse", "resample"], default="refuse", help="missing slices / uneven spacing")
     p.add_argument("--keep-descriptions", action="store_true", help="keep SeriesDescription/ProtocolName in sidecars")
-    p.add_argument("--uid-salt", default="medgen", help="secret that makes replaced UIDs consistent across runs and jobs")
+    p.add_argument("--uid-salt-file", type=Path, help="file holding the pseudonym secret (default: the MEDGEN_UID_SALT environment variable)")
+    p.add_argument("--demo-secret", action="store_true", help="use the public demo secret (phantom data only: its pseudonyms protect nothing)")
+    p.add_argument("--keep-subject-labels", action="store_true", help="keep a manifest's subject labels (else keyed pseudonyms)")
+    p.add_argument("--merge-patients", action="store_true", help="let --subject take inputs that hold several patients (PatientID)")
     p.add_argument("--nonfinite", choices=["error", "zero", "min"], default="error", help="NaN/inf voxels in NIfTI input")
     p.add_argument("--form-mismatch", choices=["error", "warn"], default="error", help="NIfTI qform != sform")
     p.add_argument("--min-slices", type=int, default=1, help="series with fewer slices are skipped (default 1: single slices convert)")
@@ -279,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", type=int, choices=[0, 1, 2], help="slice axis for 2D models (RAS; default: as trained)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap for 3D models")
     p.add_argument("--dicom", action="store_true", help="write a derived DICOM series instead of NIfTI")
+    p.add_argument("--uid-salt-file", type=Path, help="--dicom: file holding the pseudonym secret (default: MEDGEN_UID_SALT)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=_translate)
 

@@ -58,6 +58,11 @@ def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) 
     """
     schema = yaml.safe_load(schema_path.read_text())
     cfg = copy.deepcopy(dict(config))
+    if isinstance(cfg.get("ingest"), Mapping) and "uid_salt" in cfg["ingest"]:
+        raise ConfigError(
+            "invalid configuration:\n  config key 'ingest.uid_salt': a secret does not belong in a config (it is copied "
+            "into results); set the environment variable MEDGEN_UID_SALT or name a file holding it in ingest.uid_salt_file"
+        )
     errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
@@ -68,6 +73,14 @@ def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) 
 
 
 def _semantic_problems(cfg: dict[str, Any]) -> Iterator[str]:
+    sources = [k for k in ("phantom", "dicom_root", "bids_root", "manifest") if k in cfg["data"]]
+    if len(sources) != 1:
+        yield f"config key 'data': needs exactly one of phantom, dicom_root, bids_root, manifest (found {len(sources)})"
+    mapping = cfg["ingest"]["mapping_file"]
+    if mapping is not None:
+        results = Path(cfg["results"]).resolve()
+        if Path(mapping).resolve() == results or results in Path(mapping).resolve().parents:
+            yield f"config key 'ingest.mapping_file': {mapping} lies inside the results folder; the map of originals to pseudonyms must be kept elsewhere"
     fractions = cfg["split"]["fractions"]
     if abs(sum(fractions) - 1.0) > 1e-6:
         yield f"config key 'split.fractions': {fractions} must sum to 1 (sums to {sum(fractions):g})"

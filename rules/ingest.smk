@@ -2,7 +2,7 @@
 
 rule ingest:
     input:
-        lambda wc: ingest_inputs(config, wc.subject),
+        lambda wc: ingest_inputs(config, wc.subject, SUBJECT_SOURCES),
     output:
         images=expand(f"{RESULTS}/nifti/{{{{subject}}}}/{{modality}}.nii.gz", modality=MODALITIES),
         sidecars=expand(f"{RESULTS}/nifti/{{{{subject}}}}/{{modality}}.json", modality=MODALITIES),
@@ -10,6 +10,13 @@ rule ingest:
         out=f"{RESULTS}/nifti",
         opts=config["ingest"],
         modalities=" ".join(MODALITIES),
+        # the secret reaches medgen through the environment or this file, never on the command line
+        secret=INGEST_SECRET_FLAG,
+        flags=" ".join(
+            flag for flag, on in (("--keep-descriptions", config["ingest"]["keep_descriptions"]),
+                                  ("--keep-subject-labels", config["data"]["keep_subject_labels"]),
+                                  ("--merge-patients", config["ingest"]["merge_patients"]),
+                                  ("--allow-constant", config["ingest"]["allow_constant"])) if on),
     log:
         f"{RESULTS}/logs/ingest/{{subject}}.log",
     benchmark:
@@ -20,8 +27,6 @@ rule ingest:
     shell:
         "medgen ingest {input} --out {params.out} --subject {wildcards.subject} --modalities {params.modalities}"
         " --on-tilt {params.opts[on_tilt]} --on-uneven {params.opts[on_uneven]}"
-        " --uid-salt {params.opts[uid_salt]:q} --nonfinite {params.opts[nonfinite]}"
+        " {params.secret} --nonfinite {params.opts[nonfinite]}"
         " --form-mismatch {params.opts[form_mismatch]} --min-slices {params.opts[min_slices]}"
-        + (" --keep-descriptions" if config["ingest"]["keep_descriptions"] else "")
-        + (" --allow-constant" if config["ingest"]["allow_constant"] else "")
-        + " > {log} 2>&1"
+        " {params.flags} > {log} 2>&1"

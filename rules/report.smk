@@ -17,7 +17,8 @@ rule report:
         runtime=20,
     run:
         import yaml
-        from pathlib import Path
+        from medgen.io.atomic import atomic_write_text
+        from medgen.io.secret import public_config
 
-        Path(params.config_file).write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(params.config_file, yaml.safe_dump(public_config(config), sort_keys=False))
         shell("medgen report --results {params.results} --out {output} --config {params.config_file} > {log} 2>&1")

@@ -10,6 +10,16 @@ from medgen.data.phantom import generate_cohort
 from medgen.data.preprocess import PreprocessConfig, preprocess_subject
 from medgen.data.splits import make_split, write_split
 
+#: The pseudonym secret every test runs with unless it sets or removes its own (medgen refuses to
+#: ingest data without one); subprocesses (the CLI, Snakemake) inherit it.
+TEST_SECRET = "test-secret-not-for-real-data"
+
+
+@pytest.fixture(autouse=True)
+def _pseudonym_secret(monkeypatch):
+    monkeypatch.setenv("MEDGEN_UID_SALT", TEST_SECRET)
+
+
 TINY_SUBJECTS = 4
 TINY_MODALITIES = ("T1w", "T2w", "CT")
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import stat
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_config, validate_config
-from pipeline.subjects import ingest_inputs, subjects_of
+from medgen.io.deid import pseudonymise_subject
+from medgen.io.secret import public_config
+from pipeline.subjects import ingest_inputs, subject_sources, subjects_of, write_subject_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,23 +70,56 @@ def test_invalid_yaml_names_the_file(tmp_path):
 
 
 def test_subject_discovery_per_source(tmp_path):
-    (tmp_path / "dicom" / "patA").mkdir(parents=True)
+    secret = "s3cret"
+    (tmp_path / "dicom" / "DOE_JOHN_MRN4471123").mkdir(parents=True)
     (tmp_path / "dicom" / "patB").mkdir()
     cfg = validate_config({"data": {"dicom_root": str(tmp_path / "dicom")}, "modalities": ["CT"]})
-    assert subjects_of(cfg) == ["patA", "patB"]
-    assert ingest_inputs(cfg, "patB") == [str(tmp_path / "dicom" / "patB")]
+    sources = subject_sources(cfg, secret)
+    pseudonym = pseudonymise_subject("DOE_JOHN_MRN4471123", secret)
+    assert sources == dict(sorted({pseudonym: "DOE_JOHN_MRN4471123", pseudonymise_subject("patB", secret): "patB"}.items()))
+    assert subjects_of(cfg, secret) == sorted(sources) and all(re.fullmatch(r"sub-[0-9a-f]{10}", s) for s in sources)
+    assert subject_sources(cfg, secret) == sources  # the same in every job and rerun with the same secret
+    assert subjects_of(cfg, "another secret") != subjects_of(cfg, secret)
+    assert ingest_inputs(cfg, pseudonym, sources) == [str(tmp_path / "dicom" / "DOE_JOHN_MRN4471123")]
+    with pytest.raises(ValueError, match="MEDGEN_UID_SALT"):
+        subjects_of(cfg, None)
+    kept = validate_config({"data": {"dicom_root": str(tmp_path / "dicom"), "keep_subject_labels": True}, "modalities": ["CT"]})
+    assert subjects_of(kept, None) == ["DOE_JOHN_MRN4471123", "patB"]
 
     anat = tmp_path / "bids" / "sub-01" / "ses-1" / "anat"
     anat.mkdir(parents=True)
     (anat / "sub-01_ses-1_T1w.nii.gz").write_bytes(b"")
     cfg = validate_config({"data": {"bids_root": str(tmp_path / "bids")}, "modalities": ["T1w"]})
-    assert subjects_of(cfg) == ["sub-01"]
-    assert ingest_inputs(cfg, "sub-01") == [str(anat / "sub-01_ses-1_T1w.nii.gz")]
+    assert subjects_of(cfg, secret) == ["sub-01"]  # BIDS labels are kept
+    assert ingest_inputs(cfg, "sub-01", subject_sources(cfg, secret)) == [str(anat / "sub-01_ses-1_T1w.nii.gz")]
 
     manifest = tmp_path / "m.tsv"
     manifest.write_text("subject\tmodality\tpath\nS2\tCT\ta.nii.gz\nS1\tCT\tb.nii.gz\nS1\tT1w\tc.nii.gz\n")
     cfg = validate_config({"data": {"manifest": str(manifest)}, "modalities": ["CT"]})
-    assert subjects_of(cfg) == ["S1", "S2"]
+    assert subjects_of(cfg, secret) == sorted(pseudonymise_subject(s, secret) for s in ("S1", "S2"))
+
+
+def test_mapping_file_is_written_owner_only_and_refused_inside_results(tmp_path):
+    (tmp_path / "dicom" / "DOE_JOHN").mkdir(parents=True)
+    base = {"data": {"dicom_root": str(tmp_path / "dicom")}, "modalities": ["CT"], "results": str(tmp_path / "results")}
+    with pytest.raises(ConfigError, match="ingest.mapping_file.*inside the results folder"):
+        validate_config({**base, "ingest": {"mapping_file": str(tmp_path / "results" / "map.tsv")}})
+    cfg = validate_config({**base, "ingest": {"mapping_file": str(tmp_path / "private" / "map.tsv")}})
+    path = write_subject_mapping(cfg["ingest"]["mapping_file"], subject_sources(cfg, "s3cret"))
+    assert path.read_text().splitlines() == ["original\tlabel", f"DOE_JOHN\t{pseudonymise_subject('DOE_JOHN', 's3cret')}"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_secret_in_the_config_is_refused_with_where_to_put_it():
+    with pytest.raises(ConfigError, match="ingest.uid_salt.*MEDGEN_UID_SALT.*ingest.uid_salt_file"):
+        validate_config({"data": {"phantom": {}}, "modalities": ["T1w"], "ingest": {"uid_salt": "hunter2"}})
+
+
+def test_config_copy_and_report_leave_out_secret_bearing_keys():
+    cfg = validate_config({"data": {"phantom": {}}, "modalities": ["T1w"], "ingest": {"uid_salt_file": "/keys/salt"}})
+    public = public_config(cfg)
+    assert "uid_salt_file" not in public["ingest"] and "mapping_file" not in public["ingest"]
+    assert cfg["ingest"]["uid_salt_file"] == "/keys/salt"  # the original is untouched
 
 
 def test_manifest_with_missing_column_is_refused(tmp_path):

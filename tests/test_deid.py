@@ -127,7 +127,7 @@ from medgen.io.deid import deidentify_dataset, pseudonymise_uid, pseudonymise_su
 out = deidentify_dataset(identified_dataset(), SALT)
 print(pseudonymise_uid("1.2.3.4", SALT))
 print(pseudonymise_subject("MG000001", SALT))
-print(out.SeriesInstanceUID, out.SOPInstanceUID, out.PatientID, out.PatientName, out.StudyDate)
+print(out.SeriesInstanceUID, out.SOPInstanceUID, out.StudyInstanceUID, out.FrameOfReferenceUID)
 """
 
 
@@ -147,7 +147,7 @@ def test_pseudonyms_identical_across_processes():
     assert lines[0] == pseudonymise_uid("1.2.3.4", SALT)
     assert lines[1] == pseudonymise_subject("MG000001", SALT)
     here = deidentify_dataset(identified_dataset(), SALT)
-    assert lines[2].split()[:3] == [here.SeriesInstanceUID, here.SOPInstanceUID, here.PatientID]
+    assert lines[2].split() == [here.SeriesInstanceUID, here.SOPInstanceUID, here.StudyInstanceUID, here.FrameOfReferenceUID]
 
 
 # --------------------------------------------------------------------------- DICOM datasets
@@ -191,7 +191,7 @@ def test_deidentify_uids_consistent_across_files_and_with_pseudonymise_uid():
     assert a.SOPInstanceUID != b.SOPInstanceUID
     assert a.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID
     assert a.SOPClassUID == MRImageStorage  # class UIDs say what, not whom: kept
-    assert a.PatientID == b.PatientID and a.StudyDate == b.StudyDate  # same patient, same shift
+    assert a.PatientID == b.PatientID == "" and a.StudyDate == b.StudyDate == ""  # Annex E: Z
     assert sidecar_from_header(identified_dataset(), salt=SALT)["SeriesInstanceUID"] == a.SeriesInstanceUID
 
 
@@ -216,7 +216,7 @@ def test_burned_in_annotation_flagged(caplog):
 
 
 def test_removal_tables_name_real_attributes():
-    for keyword in deid.REMOVED_KEYWORDS + deid.EMPTIED_KEYWORDS + deid.DESCRIPTION_KEYWORDS + tuple(f[0] for f in deid.SIDECAR_FIELDS):
+    for keyword in deid.DESCRIPTION_KEYWORDS + tuple(f[0] for f in deid.SIDECAR_FIELDS):
         assert pydicom.datadict.tag_for_keyword(keyword) is not None, keyword
 
 

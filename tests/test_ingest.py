@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import hashlib
 import json
 import re
@@ -16,6 +17,7 @@ import pytest
 from medgen.cli import main
 from medgen.io import dicom_write
 from medgen.io.deid import pseudonymise_subject
+from tests.conftest import TEST_SECRET
 from medgen.io.ingest import (
     MR_SERIES_PATTERNS,
     IngestOptions,
@@ -164,15 +166,21 @@ def test_manifest_with_relative_paths(tmp_path):
         "P3\tT1w\n"
     )
     out = tmp_path / "out"
-    summary = ingest([manifest], out)
+    summary = ingest([manifest], out, options=IngestOptions(keep_subject_labels=True))
     assert sorted((c["subject"], c["name"]) for c in summary.converted) == [("P1", "FLAIR"), ("P1", "T1w")]
     failed = dict(summary.failed)
-    assert "missing.nii.gz" in failed["manifest.tsv row 4"]
+    assert "does not exist" in failed["manifest.tsv row 4"] and "missing.nii.gz" not in failed["manifest.tsv row 4"]
     assert "manifest.tsv row 5" in failed
     # one workflow job per subject: with subject=, only that subject's rows are read
     only = ingest([manifest], tmp_path / "out1", subject="P1", modalities=["T1w", "FLAIR"])
     assert only.exit_code == 0 and not only.failed
     assert sorted(c["name"] for c in only.converted) == ["FLAIR", "T1w"]
+    # by default a manifest's subjects become keyed pseudonyms, and the workflow selects rows by them
+    pseudonym = pseudonymise_subject("P1", TEST_SECRET)
+    default = ingest([manifest], tmp_path / "out2")
+    assert sorted({c["subject"] for c in default.converted}) == [pseudonym]
+    by_pseudonym = ingest([manifest], tmp_path / "out3", subject=pseudonym, modalities=["T1w", "FLAIR"])
+    assert by_pseudonym.exit_code == 0 and "P1" not in by_pseudonym.render()
 
 
 def test_manifest_bad_header_fails(tmp_path):
@@ -393,7 +401,7 @@ def test_dicom_refused_series_reason_and_missing(tmp_path):
     assert summary.exit_code == 1
     assert not summary.converted
     what, reason = summary.skipped[-1]
-    assert "loc" in what and "2 slice" in reason and "--min-slices 3" in reason
+    assert what == "sub-01 series 1 (MR)" and "2 slice" in reason and "--min-slices 3" in reason  # the input folder is shown as the subject
     assert "JANE" not in summary.render() and str(tmp_path) not in summary.render()
     assert summary.missing == ["sub-01: T1w not found (found: nothing)"]
     assert ingest([tmp_path / "loc"], tmp_path / "out2").exit_code == 0  # two slices convert by default
@@ -416,7 +424,7 @@ def test_dicom_manifest_folder_and_burned_in(tmp_path):
     write_series(base / "dicom" / "s1", description="whatever", extra={"BurnedInAnnotation": "YES"})
     (base / "m.tsv").write_text("subject\tmodality\tpath\nP9\tT2w\tdicom/s1\n")
     out = tmp_path / "out"
-    summary = ingest([base / "m.tsv"], out)
+    summary = ingest([base / "m.tsv"], out, options=IngestOptions(keep_subject_labels=True))
     assert [(c["subject"], c["name"]) for c in summary.converted] == [("P9", "T2w")]
     meta = sidecar(out, "P9", "T2w")
     assert meta["BurnedInAnnotation"] == "YES"
@@ -450,3 +458,62 @@ def test_dicom_uneven_refused_then_resampled(tmp_path):
     meta = sidecar(tmp_path / "out", "sub-01", "T2w")
     assert meta["corrections"] and meta["n_slices"] == 5
     assert str(tmp_path) not in json.dumps(meta)
+
+
+# --------------------------------------------------------------------------- one patient per subject, logs
+
+
+def test_subject_refuses_inputs_of_two_patients_unless_merged(tmp_path, capsys):
+    other = dicom_write.PatientIdentity(name="ROE^RICHARD", patient_id="MRN5550199")
+    write_series(tmp_path / "in" / "a", description="t1_mprage", number=1, seed=1)
+    write_series(tmp_path / "in" / "b", description="t1_mprage", number=2, seed=2, identity=other)
+    out = tmp_path / "out"
+    code = main(["ingest", str(tmp_path / "in"), "--out", str(out), "--subject", "sub-01"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 patients" in err and "--merge-patients" in err and "PatientID (0010,0020)" in err
+    assert "MRN5550199" not in err and IDENTITY.patient_id not in err  # the IDs are compared, never shown
+    assert not out.exists()  # refused before anything was written
+    merged = ingest([tmp_path / "in"], out, subject="sub-01", options=IngestOptions(merge_patients=True))
+    assert sorted(c["name"] for c in merged.converted) == ["T1w", "T1w_run-2"]
+    # one patient in two series is fine without the flag
+    write_series(tmp_path / "one" / "a", number=1, seed=1)
+    write_series(tmp_path / "one" / "b", number=2, seed=2)
+    assert ingest([tmp_path / "one"], tmp_path / "out2", subject="sub-02").exit_code == 0
+
+
+def test_every_log_handler_gets_the_redaction_of_the_summary(tmp_path):
+    """A reader warning that quotes the SeriesDescription and file paths reaches no log handler as such."""
+    import logging
+
+    files = write_series(tmp_path / "DOE_JANE_MRN123" / "s1", description="t1 DOE JANE", shape=(8, 7, 6))
+    files[3].unlink()  # a missing slice: the reader warns (naming the series) and resamples
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    try:
+        summary = ingest([tmp_path / "DOE_JANE_MRN123"], tmp_path / "out", subject="sub-01",
+                         options=IngestOptions(on_uneven="resample"))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    logged = stream.getvalue()
+    # the warning was logged, naming the series by number and quoting neither description nor path
+    assert summary.exit_code == 0 and "series 1: uneven slice spacing" in logged
+    for leak in ("DOE JANE", "DOE_JANE", str(tmp_path)):
+        assert leak not in logged and leak not in summary.render(), leak
+
+
+def test_ingest_by_hand_needs_a_secret_from_the_environment_or_a_file(tmp_path, monkeypatch, capsys):
+    write_series(tmp_path / "in", description="t1_mprage")
+    monkeypatch.delenv("MEDGEN_UID_SALT")
+    code = main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "MEDGEN_UID_SALT" in err and "--uid-salt-file" in err
+    assert not (tmp_path / "out").exists()
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("file-secret\n")
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--uid-salt-file", str(secret_file)]) == 0
+    assert (tmp_path / "out" / pseudonymise_subject(IDENTITY.patient_id, "file-secret") / "T1w.nii.gz").exists()
+    monkeypatch.setenv("MEDGEN_UID_SALT", "env-secret")
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "out2")]) == 0
+    assert (tmp_path / "out2" / pseudonymise_subject(IDENTITY.patient_id, "env-secret")).is_dir()
+    assert "file-secret" not in capsys.readouterr().out

@@ -265,7 +265,10 @@ def test_dicom_in_dicom_out(tmp_path: Path) -> None:
     nifti_out = tmp_path / "sct.nii.gz"
     translate_volume(trained, src_dir, nifti_out, progress=False)
     dicom_out = tmp_path / "sct_dicom"
-    summary = translate_volume(trained, src_dir, dicom_out, dicom=True, progress=False)
+    with pytest.raises(ValueError, match="secret"):
+        translate_volume(trained, src_dir, dicom_out, dicom=True, progress=False)
+    assert not dicom_out.exists()
+    summary = translate_volume(trained, src_dir, dicom_out, dicom=True, progress=False, uid_salt="s3cret")
     assert summary["files"] == SHAPE[2]
 
     report = scan_dicom([dicom_out])
@@ -280,9 +283,9 @@ def test_dicom_in_dicom_out(tmp_path: Path) -> None:
     assert list(header.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert header.PatientIdentityRemoved == "YES" and header.DeidentificationMethod
     assert header.SeriesInstanceUID != source.header.SeriesInstanceUID
-    assert header.StudyInstanceUID == pseudonymise_uid(source.header.StudyInstanceUID, "medgen")
-    assert header.FrameOfReferenceUID == pseudonymise_uid(source.header.FrameOfReferenceUID, "medgen")
-    secrets = [who.name, "DOE", who.patient_id, who.birth_date, who.institution, who.study_date, who.accession,
+    assert header.StudyInstanceUID == pseudonymise_uid(source.header.StudyInstanceUID, "s3cret")
+    assert header.FrameOfReferenceUID == pseudonymise_uid(source.header.FrameOfReferenceUID, "s3cret")
+    secrets = ["s3cret", who.name, "DOE", who.patient_id, who.birth_date, who.institution, who.study_date, who.accession,
                str(source.header.StudyInstanceUID), str(source.header.SeriesInstanceUID)]
     for f in sorted(dicom_out.iterdir()):
         data = f.read_bytes()
@@ -310,7 +313,7 @@ def test_derived_mr_rescale_round_trip(tmp_path: Path) -> None:
     back = load_series(scan_dicom([tmp_path / "mr"]).series[0])
     assert np.abs(back.array - volume).max() <= slope / 2 * (1 + 1e-6)
     np.testing.assert_allclose(back.affine, affine, atol=1e-3)
-    assert str(back.header.PatientName) == "ANONYMOUS" and not back.header.PatientID
+    assert str(back.header.PatientName) == "" and not back.header.PatientID  # Annex E: Z
 
 
 def test_derived_ct_clips_to_int16(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from scipy import ndimage as ndi
 from tqdm import tqdm
 
 from medgen.data.tissues import LABELS, LESION_LABEL, SHELL_ORDER, TISSUES
-from medgen.io.atomic import atomic_write_json
+from medgen.io.atomic import atomic_write_json, current_umask
 from medgen.io.dicom_write import PatientIdentity, default_rescale, quantise, write_dicom_series
 from medgen.io.nifti import save_nifti
 
@@ -575,6 +575,7 @@ def write_subject_dicom(phantom: SubjectPhantom, out_dir: Path, *, uid_entropy: 
         if target.exists():
             log.info("replacing %s", target)
             shutil.rmtree(target)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; give it the usual folder mode
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,12 +6,11 @@ Three jobs:
   hashes (HMAC-SHA256 with a secret salt): the same original value and salt give the same
   pseudonym in any process, on any machine, so series split across jobs still line up, while
   nobody without the salt can go back from a pseudonym to the original.
-* **De-identified DICOM** (:func:`deidentify_dataset`), for stages that write DICOM. dicognito's
-  :class:`~dicognito.anonymizer.Anonymizer` replaces names, IDs, addresses and institution, and
-  shifts dates; medgen adds what it leaves: UIDs replaced through :func:`pseudonymise_uid` (so a
-  UID in a DICOM output equals the one in a JSON sidecar), private tags, overlays, free-text
-  comments, device serial numbers and other Annex E "remove" attributes, and descriptions unless
-  asked to keep them.
+* **De-identified DICOM** (:func:`deidentify_dataset`), the one path every DICOM that medgen
+  writes from data goes through: PS3.15 Annex E Table E.1-1 (:mod:`medgen.io.annex_e`) applied
+  attribute by attribute, UIDs replaced through :func:`pseudonymise_uid` (so a UID in a DICOM
+  output equals the one in a JSON sidecar), private tags and overlays removed, descriptions
+  removed unless asked to keep them.
 * **JSON sidecars** (:func:`sidecar_from_header`): a whitelist of acquisition parameters, so
   that an attribute nobody thought about is left out rather than let through.
 
@@ -25,61 +24,41 @@ import copy
 import hashlib
 import hmac
 import logging
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
+
+from medgen.io.annex_e import BASIC_PROFILE, MEDGEN_ADDITIONS, REMOVED_GROUP_RANGES, effective_action
 
 log = logging.getLogger(__name__)
 
-#: Attributes removed from de-identified DICOM on top of what dicognito replaces: the Annex E
-#: "X" (remove) entries that dicognito keeps, limited to those seen in imaging series.
-REMOVED_KEYWORDS: tuple[str, ...] = (
-    # patient characteristics and free text about the patient
-    "PatientAge", "PatientSize", "PatientWeight", "PatientSexNeutered", "EthnicGroup",
-    "SmokingStatus", "PregnancyStatus", "AdditionalPatientHistory", "PatientComments",
-    "MedicalAlerts", "Allergies", "PatientState", "SpecialNeeds", "PatientTransportArrangements",
-    "OtherPatientIDsSequence", "IssuerOfPatientIDQualifiersSequence", "ReferencedPatientSequence",
-    "PatientBirthTime", "AdmissionID", "IssuerOfAdmissionID", "ServiceEpisodeID",
-    "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "ReasonForStudy",
-    "ReasonForTheRequestedProcedure", "ResponsiblePerson", "ResponsiblePersonRole",
-    # people and places (names are PN and replaced; their contact details are removed)
-    "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
-    "ReferringPhysicianIdentificationSequence", "PhysiciansOfRecordIdentificationSequence",
-    "PerformingPhysicianIdentificationSequence", "PhysiciansReadingStudyIdentificationSequence",
-    "OperatorIdentificationSequence", "PersonAddress", "PersonTelephoneNumbers",
-    "PerformedLocation", "ScheduledStudyLocation", "ScheduledStudyLocationAETitle",
-    "InstitutionCodeSequence", "InstitutionalDepartmentTypeCodeSequence",
-    # equipment that identifies a site
-    "DeviceSerialNumber", "DetectorID", "GantryID", "PlateID", "CassetteID",
-    "AcquisitionDeviceProcessingDescription", "ContributingEquipmentSequence",
-    # free-text comments, requests and audit trails
-    "ImageComments", "StudyComments", "InterpretationText", "TextComments", "FrameComments",
-    "AcquisitionComments", "RequestAttributesSequence", "RequestedProcedureDescription",
-    "PerformedProcedureStepDescription", "ScheduledProcedureStepDescription",
-    "ReferencedStudySequence", "ReferencedPerformedProcedureStepSequence",
-    "OriginalAttributesSequence", "ModifiedAttributesSequence", "EncryptedAttributesSequence",
-    "DigitalSignaturesSequence", "MACParametersSequence", "DerivationDescription",
-)
-
-#: Annex E "Z" attributes that dicognito keeps: type 2, so emptied rather than removed.
-EMPTIED_KEYWORDS: tuple[str, ...] = ("PatientSex",)
-
-#: Descriptions typed at the scanner: often harmless, sometimes a name or a date. Removed unless
-#: the caller asks to keep them.
+#: Descriptions typed at the scanner: often harmless, sometimes a name or a date. Removed (Annex E
+#: action X) unless the caller asks to keep them; with them the contrast agent's name is kept too.
 DESCRIPTION_KEYWORDS: tuple[str, ...] = (
     "SeriesDescription", "StudyDescription", "ProtocolName", "ProcedureCodeSequence",
     "PerformedProtocolCodeSequence", "RequestedProcedureCodeSequence",
 )
 
-#: Even groups 0x5000-0x50FF (curves, retired) and 0x6000-0x60FF (overlays) can carry burned-in
-#: text drawn on top of the image.
-_DRAWING_GROUPS = (range(0x5000, 0x5100, 2), range(0x6000, 0x6100, 2))
+#: Dummy values chosen instead of emptying where the table allows D: contrast given or not stays known.
+_DUMMY_OVERRIDES: dict[str, str] = {"ContrastBolusAgent": "PRESENT"}
 
-#: Annex E codes written into DeidentificationMethodCodeSequence (CID 7050).
+#: Annex E code written into DeidentificationMethodCodeSequence (CID 7050).
 _BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
-_MODIFIED_DATES_CODE = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
+DEIDENTIFICATION_METHOD = "PS3.15 E.1-1 basic profile (medgen); keyed-hash UIDs"  # LO: <= 64
+
+_ACTIONS: dict[int, str] = {tag: effective_action(action) for tag, _, action in BASIC_PROFILE + MEDGEN_ADDITIONS}
+_RAW_ACTIONS: dict[int, str] = {tag: action for tag, _, action in BASIC_PROFILE + MEDGEN_ADDITIONS}
+_REMOVED_GROUPS = frozenset(g for r in REMOVED_GROUP_RANGES for g in r)
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT", "UI"})
+#: VRs whose D dummy is a keyed hash of the original value (consistent across files, length <= 14).
+_HASHED_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+_FIXED_DUMMIES: dict[str, Any] = {
+    "DA": "19000101", "TM": "000000", "DT": "19000101000000", "DS": "0", "IS": "0", "AS": "000D",
+    "US": 0, "SS": 0, "UL": 0, "SL": 0, "FL": 0.0, "FD": 0.0, "OB": b"\0\0", "OW": b"\0\0", "UN": b"\0\0",
+    "UR": "urn:anonymous",
+}
 
 
 def _keyed_hex(salt: str, kind: str, value: str) -> str:
@@ -105,99 +84,100 @@ def has_burned_in_annotation(ds: Dataset) -> bool:
 # --------------------------------------------------------------------------- DICOM datasets
 
 
-class _ConsistentUIDs:
-    """dicognito element handler: replace UIDs with :func:`pseudonymise_uid` instead of its own hash.
+def _is_class_uid(keyword: str) -> bool:
+    """Class UIDs and the transfer syntax say what kind of object, not whose: kept."""
+    return keyword.endswith("ClassUID") or keyword in ("TransferSyntaxUID", "SOPClassesInStudy")
 
-    Class UIDs (what kind of object, not which) and the transfer syntax are kept, as dicognito does.
+
+def _dummy(element: pydicom.DataElement, salt: str) -> Any:
+    """Annex E action D: a non-empty value valid for the VR; text becomes a keyed hash of the original."""
+    keyword = element.keyword or ""
+    if keyword in _DUMMY_OVERRIDES:
+        return _DUMMY_OVERRIDES[keyword]
+    if element.VR == "SQ":
+        return [Dataset()]  # one empty item: a non-empty sequence that says nothing
+    if element.VR == "UI":
+        return pseudonymise_uid(str(element.value), salt)
+    if element.VR in _HASHED_VRS:
+        return "ANON" + _keyed_hex(salt, "dummy", str(element.value)).upper()[:10]
+    return _FIXED_DUMMIES.get(element.VR, b"\0\0")
+
+
+def _empty(element: pydicom.DataElement) -> Any:
+    """Annex E action Z: a zero-length value."""
+    if element.VR == "SQ":
+        return []
+    return "" if element.VR in _TEXT_VRS else None
+
+
+def _replace_uid(element: pydicom.DataElement, salt: str) -> None:
+    if isinstance(element.value, pydicom.multival.MultiValue):
+        element.value = [pseudonymise_uid(v, salt) for v in element.value]
+    elif element.value:
+        element.value = pseudonymise_uid(str(element.value), salt)
+
+
+def _apply_profile(ds: Dataset, salt: str, kept: frozenset[str]) -> None:
+    """Apply Table E.1-1 to every element of ``ds`` and, recursively, of its sequence items.
+
+    Private tags and overlay/curve groups are removed; a UID not in the table (other than class
+    UIDs) is replaced like a ``U`` entry, so no instance-identifying UID slips through.
     """
-
-    def __init__(self, salt: str) -> None:
-        self._salt = salt
-
-    def __call__(self, dataset: Dataset, element: pydicom.DataElement) -> bool:
-        if element.VR != "UI" or not element.value:
-            return False
+    for element in list(ds):
+        tag = int(element.tag)
         keyword = element.keyword or ""
-        if keyword.endswith("ClassUID") or keyword == "TransferSyntaxUID":
-            return False
-        if isinstance(element.value, pydicom.multival.MultiValue):
-            element.value = [pseudonymise_uid(v, self._salt) for v in element.value]
-        else:
-            element.value = pseudonymise_uid(element.value, self._salt)
-        return True
-
-    def describe_actions(self) -> Iterator[str]:
-        yield "Replace all UI elements with keyed-hash UIDs (medgen pseudonymise_uid)"
-
-
-def _remove_keywords(ds: Dataset, keywords: set[str]) -> None:
-    """Delete the elements named in ``keywords`` at every nesting level."""
-    tags = {pydicom.datadict.tag_for_keyword(k) for k in keywords}
-
-    def visit(dataset: Dataset, element: pydicom.DataElement) -> None:
-        if element.tag in tags:
-            del dataset[element.tag]
-
-    ds.walk(visit)
+        if element.tag.is_private or element.tag.group in _REMOVED_GROUPS:
+            del ds[tag]
+            continue
+        action = None if keyword in kept else _ACTIONS.get(tag)
+        if action == "X":
+            del ds[tag]
+            continue
+        if action == "Z" and keyword in _DUMMY_OVERRIDES and _RAW_ACTIONS[tag] == "Z/D" and not element.is_empty:
+            action = "D"
+        if action == "Z":
+            element.value = _empty(element)
+        elif action == "D":
+            element.value = _dummy(element, salt)
+        elif action == "U" or (element.VR == "UI" and keyword not in kept and not _is_class_uid(keyword)):
+            _replace_uid(element, salt)
+        if element.VR == "SQ":
+            for item in element.value or []:
+                _apply_profile(item, salt, kept)
 
 
-def _remove_drawings(ds: Dataset) -> None:
-    """Delete overlay and curve groups (they may hold burned-in text)."""
-    groups = {g for r in _DRAWING_GROUPS for g in r}
-    for tag in [t for t in ds.keys() if t.group in groups]:
-        del ds[tag]
-
-
-def _anonymizer_seed(ds: Dataset, salt: str) -> str:
-    """Seed for dicognito: per patient, so date shifts differ between patients but not between files."""
-    return _keyed_hex(salt, "dicognito", str(ds.get("PatientID", "")).strip())
-
-
-def _add_method_codes(ds: Dataset) -> None:
-    codes = []
-    for value, meaning in (_BASIC_PROFILE_CODE, _MODIFIED_DATES_CODE):
-        item = Dataset()
-        item.CodeValue = value
-        item.CodingSchemeDesignator = "DCM"
-        item.CodeMeaning = meaning
-        codes.append(item)
-    ds.DeidentificationMethodCodeSequence = codes
-    ds.LongitudinalTemporalInformationModified = "MODIFIED"
+def _add_method(ds: Dataset, identity_removed: bool) -> None:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = _BASIC_PROFILE_CODE[0], "DCM", _BASIC_PROFILE_CODE[1]
+    ds.DeidentificationMethodCodeSequence = [item]
+    ds.DeidentificationMethod = DEIDENTIFICATION_METHOD
+    ds.PatientIdentityRemoved = "YES" if identity_removed else "NO"
 
 
 def deidentify_dataset(ds: Dataset, salt: str, *, keep_descriptions: bool = False) -> Dataset:
-    """A de-identified copy of ``ds`` (the input is left untouched).
+    """A copy of ``ds`` de-identified by the PS3.15 Annex E basic profile (the input is untouched).
 
-    Names, IDs, addresses and institution are replaced by dicognito (consistent per salt and
-    patient), dates are shifted by a per-patient offset, UIDs become :func:`pseudonymise_uid`,
-    private tags, overlays and :data:`REMOVED_KEYWORDS` are removed, :data:`EMPTIED_KEYWORDS`
-    emptied, and so are
-    :data:`DESCRIPTION_KEYWORDS` unless ``keep_descriptions`` (which also keeps the contrast
-    agent's name; otherwise it becomes "PRESENT"). Pixels are not inspected: a
-    ``BurnedInAnnotation`` of YES is logged as a warning (see :func:`has_burned_in_annotation`).
+    Every attribute of Table E.1-1 (:data:`medgen.io.annex_e.BASIC_PROFILE`) is removed, emptied
+    or replaced as the table says, in the data set, its file meta and every sequence item; UIDs
+    become :func:`pseudonymise_uid` (the same in every file and job with the same ``salt``, and
+    equal to those in ingest's sidecars); private tags, overlays and curves are removed.
+    ``keep_descriptions`` keeps :data:`DESCRIPTION_KEYWORDS` and the contrast agent's name.
+    This one function is the de-identification path of every DICOM medgen writes from data.
+
+    dicognito (an Annex E implementation) is not used: it shifts dates and keeps attributes where
+    Table E.1-1 says to empty or remove them, and the table is easier to audit in one place.
+    Pixels are not inspected: ``BurnedInAnnotation`` YES is logged and leaves
+    ``PatientIdentityRemoved`` at NO.
     """
-    from dicognito.anonymizer import Anonymizer
-
     out = copy.deepcopy(ds)
-    had_meta = getattr(out, "file_meta", None) is not None
-    if not had_meta:
-        out.file_meta = FileMetaDataset()  # dicognito walks the file meta too
-    out.remove_private_tags()
-    _remove_drawings(out)
-    _remove_keywords(out, set(REMOVED_KEYWORDS) | (set() if keep_descriptions else set(DESCRIPTION_KEYWORDS)))
-    for keyword in EMPTIED_KEYWORDS:
-        if keyword in out:
-            out[keyword].value = ""
-    if not keep_descriptions and out.get("ContrastBolusAgent"):
-        # Free text typed at the scanner; a dummy value keeps "contrast was given" (Annex E action D).
-        out.ContrastBolusAgent = "PRESENT"
-    anonymizer = Anonymizer(seed=_anonymizer_seed(ds, salt))
-    anonymizer.add_element_handler(_ConsistentUIDs(salt))
-    anonymizer.anonymize(out)
-    _add_method_codes(out)
-    if not had_meta and len(out.file_meta) == 0:
-        del out.file_meta
-    if has_burned_in_annotation(out):
+    kept = frozenset(DESCRIPTION_KEYWORDS) | {"ContrastBolusAgent"} if keep_descriptions else frozenset()
+    _apply_profile(out, salt, kept)
+    meta = getattr(out, "file_meta", None)
+    if meta is not None:
+        _apply_profile(meta, salt, frozenset())
+    burned_in = has_burned_in_annotation(out)
+    _add_method(out, identity_removed=not burned_in)
+    if burned_in:
         log.warning("BurnedInAnnotation is YES: the pixels may show identifying text that header de-identification cannot remove")
     return out
 
@@ -283,7 +263,7 @@ DESCRIPTION_FIELDS: tuple[tuple[str, str], ...] = (
 SIDECAR_UIDS: tuple[str, ...] = ("SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
 
 
-def sidecar_from_header(ds: Dataset, *, keep_descriptions: bool = False, salt: str = "medgen") -> dict[str, Any]:
+def sidecar_from_header(ds: Dataset, *, salt: str, keep_descriptions: bool = False) -> dict[str, Any]:
     """A BIDS-like sidecar of the whitelisted acquisition parameters in ``ds``.
 
     Never names, IDs, dates, times, institution, addresses or serial numbers; UIDs only

@@ -5,7 +5,8 @@ given, its StudyInstanceUID and FrameOfReferenceUID are the source's passed thro
 :func:`medgen.io.deid.pseudonymise_uid` with the same salt as ingest/de-identification: a viewer
 then files the synthetic series into the de-identified source study and overlays it on the
 source images. Nothing else is taken from the source header: no names, IDs, dates or
-institution; ``PatientIdentityRemoved`` is YES.
+institution. The header then goes through :func:`medgen.io.deid.deidentify_dataset`, the one
+Annex E path (which replaces the source UIDs and sets ``PatientIdentityRemoved``).
 
 Stored values:
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from medgen.io.deid import pseudonymise_uid
+from medgen.io.deid import deidentify_dataset
 from medgen.io.dicom_write import PatientIdentity, write_dicom_series
 
 __all__ = ["write_derived_series", "derived_rescale", "ANONYMOUS_IDENTITY", "CT_INTERCEPT"]
@@ -39,8 +40,6 @@ ANONYMOUS_IDENTITY = PatientIdentity(
     name="ANONYMOUS", patient_id="", birth_date="", sex="", institution="", study_date="",
     accession="", referring_physician="", study_time="",
 )
-
-_DEID_METHOD = "medgen derived: no source identifiers; UIDs keyed-hash"
 
 
 def _round_up_sig(value: float, digits: int = 4) -> float:
@@ -69,13 +68,13 @@ def _stored_range_clip(volume: np.ndarray, modality: str) -> np.ndarray:
     return np.clip(volume, _INT16.min + CT_INTERCEPT, _INT16.max + CT_INTERCEPT)
 
 
-def _study_uids(source_header: Dataset | None, salt: str) -> tuple[str | None, str | None]:
-    """Pseudonymised (study, frame of reference) UIDs of the source; None lets the writer make fresh ones."""
+def _study_uids(source_header: Dataset | None) -> tuple[str | None, str | None]:
+    """The source's (study, frame of reference) UIDs, replaced by the de-identification path; None: fresh ones."""
     if source_header is None:
         return None, None
     study = str(source_header.get("StudyInstanceUID", "") or "").strip()
     frame = str(source_header.get("FrameOfReferenceUID", "") or "").strip()
-    return (pseudonymise_uid(study, salt) if study else None, pseudonymise_uid(frame, salt) if frame else None)
+    return study or None, frame or None
 
 
 def write_derived_series(
@@ -101,16 +100,13 @@ def write_derived_series(
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{series_description!r}: {int((~np.isfinite(values)).sum())} non-finite voxels cannot be stored")
     values = _stored_range_clip(values, modality)
-    study_uid, frame_uid = _study_uids(source_header, salt)
-    extra = {
-        "Manufacturer": "medgen",
-        "PatientIdentityRemoved": "YES",
-        "DeidentificationMethod": _DEID_METHOD,
-        "BurnedInAnnotation": "NO",
-    }
+    study_uid, frame_uid = _study_uids(source_header)
+    extra = {"Manufacturer": "medgen", "BurnedInAnnotation": "NO"}
     return write_dicom_series(
         values, affine, Path(out_dir), modality=modality, series_description=series_description,
         series_number=series_number, identity=ANONYMOUS_IDENTITY, study_uid=study_uid,
         frame_of_reference_uid=frame_uid, rescale=derived_rescale(values, modality),
         image_type=("DERIVED", "SECONDARY"), extra=extra,
+        # medgen wrote the description itself (model and task), so it is kept
+        deidentify=lambda header: deidentify_dataset(header, salt, keep_descriptions=True),
     )

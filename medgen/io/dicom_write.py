@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement
 from pydicom.datadict import dictionary_VR
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import (
@@ -259,6 +259,7 @@ def write_dicom_series(
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
     extra: Mapping[str, Any] | None = None,
     uid_entropy: Sequence[str] | None = None,
+    deidentify: Callable[[Dataset], Dataset] | None = None,
 ) -> list[Path]:
     """Write ``volume`` (X, Y, Z; physical units, HU for CT) as one DICOM file per slice ``k``.
 
@@ -266,6 +267,9 @@ def write_dicom_series(
     orthogonal). Files go to ``out_dir/<file_names[k]>`` (default ``IM00001`` ...). ``rescale`` is
     (slope, intercept), default CT (1, -1024), MR (1, 0). ``extra`` sets further DICOM keywords on
     every slice. ``uid_entropy`` makes every generated UID a function of it (deterministic output).
+    ``deidentify`` (e.g. :func:`medgen.io.deid.deidentify_dataset` with a salt) is applied to the
+    header shared by every slice before anything is written; per slice only a fresh
+    SOPInstanceUID, the instance number, the position and the pixels are added.
     Raises ``ValueError`` if a value cannot be stored exactly enough and ``FileExistsError`` if any
     target file exists (checked before anything is written). Returns the paths in slice order.
     """
@@ -302,6 +306,11 @@ def write_dicom_series(
         series_uid=series_uid, frame_uid=frame_uid, slope=float(slope), intercept=float(intercept),
         window=_window(stored, modality, float(slope), float(intercept)), image_type=image_type, extra=extra or {},
     )
+    if deidentify is not None:
+        header = Dataset()
+        for element in common:
+            header.add(element)
+        common = list(deidentify(header))
 
     # Each file is the series-common elements, encoded once, merged in tag order with the few
     # per-slice ones: pydicom's dcmwrite would re-encode ~60 identical elements for every slice,

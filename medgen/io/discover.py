@@ -20,7 +20,7 @@ import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 SourceKind = Literal["nifti", "dicom"]
 
@@ -40,11 +40,16 @@ class Source:
     root: Path  # the input it came from; messages name ``path`` relative to it
     subject: str | None = None
     modality: str | None = None
+    display_root: str | None = None  # shown instead of the root's name (e.g. the subject's pseudonym)
 
     @property
     def display(self) -> str:
         """``path`` relative to its input (the input's own name when they are the same)."""
-        return display_path(self.path, self.root)
+        return self.show(self.path)
+
+    def show(self, path: Path | str) -> str:
+        """How messages name ``path``, a file of this source: relative to the root, root renamed."""
+        return display_path(Path(path), self.root, self.display_root)
 
 
 @dataclass
@@ -56,15 +61,19 @@ class Discovery:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def display_path(path: Path, root: Path) -> str:
-    """``path`` relative to ``root``, prefixed by the root's name, for messages."""
+def display_path(path: Path, root: Path, root_label: str | None = None) -> str:
+    """``path`` relative to ``root``, prefixed by ``root_label`` (default: the root's name), for messages.
+
+    With ``root_label``, a path outside ``root`` is shown by its file name only.
+    """
     path, root = Path(path), Path(root)
+    label = root_label or root.name or str(root)
     if path == root:
-        return root.name or str(root)
+        return label
     try:
-        return str(Path(root.name) / path.relative_to(root))
+        return str(Path(label) / path.relative_to(root))
     except ValueError:
-        return str(path)
+        return str(Path(label) / "..." / path.name) if root_label else str(path)
 
 
 def is_nifti(path: Path) -> bool:
@@ -122,12 +131,17 @@ def discover_bids(root: Path, found: Discovery) -> None:
             found.sources.append(Source("nifti", path, root, subject=sub_dir.name, modality=modality))
 
 
-def discover_manifest(tsv: Path, found: Discovery, *, subject: str | None = None) -> None:
+def discover_manifest(
+    tsv: Path, found: Discovery, *, subject: str | None = None, label_of: Callable[[str], str] | None = None
+) -> None:
     """Add the rows of a manifest TSV (``subject``, ``modality``, ``path``); bad rows are failed.
 
-    With ``subject``, only that subject's rows are taken: the workflow runs one ingest job per
-    subject, each handed the whole manifest.
+    ``label_of`` turns a row's subject into the label medgen uses (a pseudonym); with ``subject``,
+    only the rows whose subject or label is ``subject`` are taken: the workflow runs one ingest
+    job per subject, each handed the whole manifest. Rows are named ``<manifest> row <n>``, never
+    by their path (which may hold a name).
     """
+    label_of = label_of or (lambda label: label)
     base = tsv.parent
     with tsv.open(newline="", encoding="utf-8") as fh:
         rows = [row for row in csv.reader(fh, delimiter="\t") if row and any(c.strip() for c in row)]
@@ -143,7 +157,8 @@ def discover_manifest(tsv: Path, found: Discovery, *, subject: str | None = None
     for line_no, row in enumerate(rows[1:], start=2):
         what = f"{tsv.name} row {line_no}"
         values = {name: (row[i].strip() if i < len(row) else "") for name, i in col.items()}
-        if subject is not None and values["subject"] and values["subject"] != subject:
+        label = label_of(values["subject"]) if values["subject"] else ""
+        if subject is not None and values["subject"] and subject not in (values["subject"], label):
             continue  # another job's row
         if not all(values.values()):
             found.failed.append((what, "needs subject, modality and path"))
@@ -151,16 +166,19 @@ def discover_manifest(tsv: Path, found: Discovery, *, subject: str | None = None
         path = Path(values["path"])
         path = path if path.is_absolute() else base / path
         if not path.exists():
-            found.failed.append((what, f"{values['path']} does not exist"))
+            found.failed.append((what, "the file or folder in its path column does not exist (paths are relative to the manifest's folder)"))
             continue
         kind: SourceKind = "nifti" if path.is_file() and is_nifti(path) else "dicom"
-        found.sources.append(Source(kind, path, base, subject=values["subject"], modality=values["modality"]))
+        found.sources.append(Source(kind, path, path, subject=label, modality=values["modality"], display_root=what))
 
 
-def discover(inputs: Sequence[Path], *, subject: str | None = None) -> Discovery:
+def discover(
+    inputs: Sequence[Path], *, subject: str | None = None, label_of: Callable[[str], str] | None = None
+) -> Discovery:
     """Classify every input (see the module docstring); missing inputs raise FileNotFoundError.
 
-    ``subject`` restricts manifests to that subject's rows.
+    ``subject`` restricts manifests to that subject's rows; ``label_of`` maps a manifest's subject
+    to the label used (see :func:`discover_manifest`).
     """
     paths = [Path(p) for p in inputs]
     absent = [str(p) for p in paths if not p.exists()]
@@ -169,16 +187,16 @@ def discover(inputs: Sequence[Path], *, subject: str | None = None) -> Discovery
     found = Discovery()
     for path in paths:
         if path.is_file() and is_nifti(path):
-            subject, modality = bids_entities(path)
-            found.sources.append(Source("nifti", path, path, subject=subject, modality=modality))
+            named, modality = bids_entities(path)
+            found.sources.append(Source("nifti", path, path, subject=named, modality=modality))
         elif path.is_file() and path.suffix.lower() == ".tsv":
-            discover_manifest(path, found, subject=subject)
+            discover_manifest(path, found, subject=subject, label_of=label_of)
         elif path.is_dir() and is_bids_root(path):
             discover_bids(path, found)
         else:
             found.sources.append(Source("dicom", path, path))
             if path.is_dir():  # NIfTI files lying among DICOM files are converted as NIfTI
                 for nii in sorted(p for p in path.rglob("*") if p.is_file() and is_nifti(p)):
-                    subject, modality = bids_entities(nii)
-                    found.sources.append(Source("nifti", nii, path, subject=subject, modality=modality))
+                    named, modality = bids_entities(nii)
+                    found.sources.append(Source("nifti", nii, path, subject=named, modality=modality))
     return found

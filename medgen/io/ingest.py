@@ -7,9 +7,14 @@ from scratch so that nothing of the source header travels) with a sidecar
 
 Naming:
 
-* subject: ``subject=`` if given (a manifest then contributes only that subject's rows); else the BIDS ``sub-*`` folder, the manifest's subject or a
-  BIDS-like file name; for DICOM a keyed pseudonym of PatientID
-  (:func:`medgen.io.deid.pseudonymise_subject`), never the ID or the name.
+* subject: ``subject=`` if given (a manifest then contributes only that subject's rows, matched
+  by their subject or its pseudonym); else the BIDS ``sub-*`` folder or BIDS-like file name; a
+  manifest's subject as a keyed pseudonym (as written with ``keep_subject_labels``); for DICOM a
+  keyed pseudonym of PatientID (:func:`medgen.io.deid.pseudonymise_subject`), never the ID or
+  the name. The key is the study's secret (``IngestOptions.uid_salt``, else ``MEDGEN_UID_SALT``).
+* messages name inputs relative to the input, with the input's own name replaced by ``subject=``
+  when given (hospital exports name folders after the patient); every log handler gets the same
+  redaction as the summary (:mod:`medgen.io.redact`).
 * modality: the manifest's or the BIDS suffix; for DICOM :func:`classify_series`.
 * A DICOM series that mixes slice orientations is split into one image per orientation
   (:func:`medgen.io.dicom_series.split_series`), each written as ``<modality>_acq-<plane>``
@@ -27,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,7 +41,9 @@ import numpy as np
 from medgen import __version__
 from medgen.io.atomic import atomic_write_json
 from medgen.io.deid import has_burned_in_annotation, pseudonymise_subject, pseudonymise_uid, sidecar_from_header
-from medgen.io.discover import MODALITY_RE, SUBJECT_RE, Discovery, Source, discover, display_path, is_nifti
+from medgen.io.discover import MODALITY_RE, SUBJECT_RE, Discovery, Source, discover, is_nifti
+from medgen.io.redact import Redactor, redacting_logs
+from medgen.io.secret import load_secret
 from medgen.io.nifti import NiftiError, load_nifti, save_nifti
 
 log = logging.getLogger(__name__)
@@ -76,11 +83,13 @@ class IngestOptions:
     on_tilt: str = "resample"
     on_uneven: str = "refuse"
     keep_descriptions: bool = False
-    uid_salt: str = "medgen"
+    uid_salt: str | None = None  # the secret; None: read by ingest() from MEDGEN_UID_SALT
     nonfinite: str = "error"
     form_mismatch: str = "error"
     min_slices: int = 1
     allow_constant: bool = False
+    keep_subject_labels: bool = False  # manifest subjects as written (else keyed pseudonyms)
+    merge_patients: bool = False  # let one --subject take inputs of several patients
 
     def validate(self) -> None:
         """Raise ValueError for an unknown policy value."""
@@ -89,8 +98,8 @@ class IngestOptions:
                 raise ValueError(f"--{name.replace('_', '-')} (ingest.{name}) must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.min_slices < 1:
             raise ValueError(f"--min-slices (ingest.min_slices) must be >= 1, got {self.min_slices}")
-        if not self.uid_salt:
-            raise ValueError("uid_salt must not be empty")
+        if self.uid_salt is not None and not self.uid_salt:
+            raise ValueError("the secret (MEDGEN_UID_SALT / ingest.uid_salt_file) must not be empty")
 
 
 @dataclass
@@ -157,6 +166,7 @@ class _Job:
     load: Callable[[], _Loaded]
     acq: str = ""  # plane of one orientation split from a mixed DICOM series: written as <modality>_acq-<plane>
     notes: list[str] = field(default_factory=list)
+    patient: str | None = None  # DICOM: PatientID (or study) key, only compared, never shown
 
 
 # --------------------------------------------------------------------------- naming
@@ -262,9 +272,7 @@ def _nifti_job(src: Source, subject: str | None, options: IngestOptions) -> _Job
 
 def _dicom_subject(header: Any, salt: str) -> str:
     """Keyed pseudonym of PatientID (of the study UID when PatientID is empty)."""
-    patient_id = str(header.get("PatientID", "") or "").strip()
-    key = patient_id or "study:" + str(header.get("StudyInstanceUID", "") or "")
-    return pseudonymise_subject(key, salt)
+    return pseudonymise_subject(_patient_key(header), salt)
 
 
 def _series_number(header: Any) -> float:
@@ -278,14 +286,14 @@ def _series_what(series: Any, src: Source) -> str:
     """"<folder> series <N> (<Modality>)": enough to find it, nothing read from identifying fields."""
     folder = Path(series.files[0]).parent if series.files else src.path
     number = series.series_number if series.series_number is not None else "?"
-    return f"{display_path(folder, src.root)} series {number} ({series.modality or '?'})"
+    return f"{src.show(folder)} series {number} ({series.modality or '?'})"
 
 
 def _series_text(text: str, series: Any, src: Source, *, keep_descriptions: bool, for_sidecar: bool) -> str:
     """A message of the DICOM reader made safe to show: file paths shortened (sidecars: removed),
     the series description withheld unless kept (scanner free text may hold a name)."""
     for path in sorted({str(p) for p in series.files}, key=len, reverse=True):
-        text = text.replace(path, "<file>" if for_sidecar else display_path(Path(path), src.root))
+        text = text.replace(path, "<file>" if for_sidecar else src.show(path))
     text = _scrub(text, [src.path, src.path.resolve(), src.root, src.root.resolve()])
     description = str(series.description or "").strip()
     if description and not keep_descriptions:
@@ -339,17 +347,36 @@ def _dicom_load(series: Any, src: Source, options: IngestOptions) -> Callable[[]
     return load
 
 
-def _dicom_jobs(src: Source, subject: str | None, options: IngestOptions, summary: IngestSummary, seen: set[str]) -> list[_Job]:
+def _redact_series(redactor: Redactor, series: Any, src: Source, keep_descriptions: bool) -> None:
+    """Make every log handler show what the summary shows: file paths relative, descriptions withheld."""
+    for path in series.files:
+        redactor.add(str(path), src.show(path))
+    description = str(series.description or "").strip()
+    if description and not keep_descriptions:
+        redactor.add(description, "<description withheld>")
+
+
+def _patient_key(header: Any) -> str:
+    """Who a series belongs to: PatientID, else its study (what the PatientID pseudonym is made of)."""
+    patient_id = str(header.get("PatientID", "") or "").strip()
+    return patient_id or "study:" + str(header.get("StudyInstanceUID", "") or "")
+
+
+def _dicom_jobs(
+    src: Source, subject: str | None, options: IngestOptions, summary: IngestSummary, seen: set[str], redactor: Redactor
+) -> list[_Job]:
     """Scan one DICOM input; its unreadable/non-image files go to the summary, its series become jobs."""
     from medgen.io.dicom_series import scan_dicom, split_series
 
+    for path in (src.path, src.path.resolve()):
+        redactor.add(str(path), src.show(src.path))
     log.info("scanning %s for DICOM", src.display)
     report = scan_dicom([src.path])
     for target, found in ((summary.skipped, report.skipped), (summary.failed, report.failed)):
         for path, reason in found:
             if is_nifti(Path(path)):
                 continue  # discovery took it as a NIfTI source
-            shown = display_path(Path(path), src.root)
+            shown = src.show(path)
             target.append((shown, str(reason).replace(str(path), shown)))
             log.warning("%s %s: %s", "skipped" if target is summary.skipped else "failed", shown, target[-1][1])
     jobs = []
@@ -360,9 +387,10 @@ def _dicom_jobs(src: Source, subject: str | None, options: IngestOptions, summar
             continue
         seen.add(series.series_uid)
         header = series.header
+        _redact_series(redactor, series, src, options.keep_descriptions)
         split = split_series(series)
         for path, reason in split.dropped:
-            shown = display_path(Path(path), src.root)
+            shown = src.show(Path(path))
             summary.skipped.append((shown, _series_text(reason, series, src, keep_descriptions=options.keep_descriptions, for_sidecar=False)))
         notes = [_series_text(n, series, src, keep_descriptions=options.keep_descriptions, for_sidecar=False) for n in split.notes]
         for index, part in enumerate(split.parts):
@@ -376,6 +404,7 @@ def _dicom_jobs(src: Source, subject: str | None, options: IngestOptions, summar
                     load=_dicom_load(part, src, options),
                     acq=part.acq,
                     notes=notes if index == 0 else [],
+                    patient=_patient_key(header),
                 )
             )
     return jobs
@@ -384,7 +413,9 @@ def _dicom_jobs(src: Source, subject: str | None, options: IngestOptions, summar
 # --------------------------------------------------------------------------- the run
 
 
-def _collect_jobs(found: Discovery, subject: str | None, options: IngestOptions, summary: IngestSummary) -> list[_Job]:
+def _collect_jobs(
+    found: Discovery, subject: str | None, options: IngestOptions, summary: IngestSummary, redactor: Redactor
+) -> list[_Job]:
     jobs: list[_Job] = []
     seen_series: set[str] = set()
     for src in found.sources:
@@ -392,7 +423,7 @@ def _collect_jobs(found: Discovery, subject: str | None, options: IngestOptions,
             if src.kind == "nifti":
                 jobs.append(_nifti_job(src, subject, options))
             else:
-                jobs.extend(_dicom_jobs(src, subject, options, summary, seen_series))
+                jobs.extend(_dicom_jobs(src, subject, options, summary, seen_series, redactor))
         except ValueError as exc:
             summary.failed.append((src.display, str(exc)))
     valid = []
@@ -456,6 +487,21 @@ def _run_job(job: _Job, names: dict[tuple[str, str], list[str]], out_dir: Path, 
     log.info("converted %s -> %s/%s.nii.gz", job.what, job.subject, name)
 
 
+def _check_one_patient(jobs: Sequence[_Job], subject: str, options: IngestOptions) -> None:
+    """Refuse to file the series of several patients under one ``subject`` unless told to merge."""
+    groups: dict[str, list[str]] = {}
+    for job in jobs:
+        if job.patient is not None:
+            groups.setdefault(job.patient, []).append(job.what)
+    if len(groups) > 1 and not options.merge_patients:
+        listed = "; ".join(f"patient {n}: {', '.join(whats)}" for n, whats in enumerate(groups.values(), start=1))
+        raise ValueError(
+            f"the inputs of subject {subject} hold {len(groups)} patients (different PatientID (0010,0020), or "
+            f"StudyInstanceUID (0020,000D) where PatientID is empty): {listed}. Ingest each patient's folder "
+            "as its own subject, or pass --merge-patients (config ingest.merge_patients: true) if they are one person"
+        )
+
+
 def _missing(requested: Sequence[str], subjects: set[str], summary: IngestSummary) -> list[str]:
     """One line per (subject, requested modality) that was not converted, naming what was."""
     wanted = [normalise_modality(m) for m in requested]
@@ -487,17 +533,27 @@ def ingest(
     subject (else listed in ``summary.missing``, exit code 1); other images are still converted.
     Raises FileNotFoundError for an input that does not exist and ValueError for bad options.
     """
-    options = options or IngestOptions()
+    options = replace(options or IngestOptions())
     options.validate()
+    if options.uid_salt is None:
+        options.uid_salt = load_secret()
     if subject is not None:
         _check_label(subject, SUBJECT_RE, "subject")
     out_dir = Path(out_dir)
-    found = discover([Path(p) for p in inputs], subject=subject)
+    salt = options.uid_salt
+    label_of = None if options.keep_subject_labels else (lambda label: pseudonymise_subject(label, salt))
+    found = discover([Path(p) for p in inputs], subject=subject, label_of=label_of)
+    if subject is not None:  # the input folder may be named after the patient: show the subject instead
+        found.sources = [s if s.display_root else replace(s, display_root=subject) for s in found.sources]
     summary = IngestSummary(skipped=list(found.skipped), failed=list(found.failed))
-    jobs = _collect_jobs(found, subject, options, summary)
-    names: dict[tuple[str, str], list[str]] = {}
-    for job in jobs:
-        _run_job(job, names, out_dir, summary)
+    redactor = Redactor()
+    with redacting_logs(redactor):
+        jobs = _collect_jobs(found, subject, options, summary, redactor)
+        if subject is not None:
+            _check_one_patient(jobs, subject, options)
+        names: dict[tuple[str, str], list[str]] = {}
+        for job in jobs:
+            _run_job(job, names, out_dir, summary)
     if modalities:
         subjects = {job.subject for job in jobs} | ({subject} if subject else set())
         summary.missing = _missing(modalities, subjects, summary)

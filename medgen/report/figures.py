@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
+from medgen.io.atomic import atomic_write_with  # noqa: E402
+
 #: display windows per kind of image (lower, upper); None = 1st/99th percentile
 WINDOWS: dict[str, tuple[float, float] | None] = {"CT": (-200.0, 1200.0), "labels": None}
 
@@ -60,6 +62,6 @@ def orthogonal_views(images: Mapping[str, Path], out_png: Path, *, title: str | 
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    atomic_write_with(out_png, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
     return out_png

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import medgen
 from medgen.io.atomic import atomic_write_text
+from medgen.io.secret import privacy_note, public_config
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,8 @@ def _overview(ctx: _Context, title: str) -> str:
     table = _table(["package", "version"], ([esc(k), esc(v)] for k, v in versions.items()), numeric_from=2)
     parts = [facts, '<div class="row">', table, "</div>"]
     if ctx.config:
-        parts += ["<h3>Configuration</h3>", f'<pre class="yaml"><code>{esc(_yaml_text(ctx.config))}</code></pre>']
+        parts.append(_note(privacy_note(ctx.config)))
+        parts += ["<h3>Configuration</h3>", f'<pre class="yaml"><code>{esc(_yaml_text(public_config(ctx.config)))}</code></pre>']
     else:
         parts.append(_note("no configuration given (and no results/config.yaml)"))
     return "".join(parts)

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
+from medgen.io.atomic import atomic_write_with  # noqa: E402
+
 #: resolution of every figure the report draws
 DPI = 100
 #: display window of CT in Hounsfield units
@@ -189,6 +191,6 @@ def _save(fig: plt.Figure, out_png: Path) -> Path:
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=DPI)
+    atomic_write_with(out_png, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
     plt.close(fig)
     return out_png

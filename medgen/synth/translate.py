@@ -239,13 +239,13 @@ def translate_volume(
     device: str | torch.device = "cpu",
     dicom: bool = False,
     progress: bool = True,
-    uid_salt: str = "medgen",
+    uid_salt: str | None = None,
 ) -> dict[str, Any]:
     """Translate the image at ``input_path`` (NIfTI file or single-series DICOM folder) with ``trained``.
 
     Writes ``output_path`` (NIfTI, float32, exactly the input's shape and affine) or, with
     ``dicom``, a derived DICOM series into the folder ``output_path`` (study/frame UIDs of a DICOM
-    source pseudonymised with ``uid_salt``, as ingest does). ``axis``: slice axis of a 2D model
+    source pseudonymised with ``uid_salt``, the secret ingest used; needed with ``dicom``). ``axis``: slice axis of a 2D model
     (default: the training slice axis); ``overlap``: sliding-window overlap of a 3D model. The
     input is only read. Returns a summary: shape, affine, output range, units, seconds, ...
     """
@@ -256,6 +256,8 @@ def translate_volume(
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.resolve() == input_path.resolve():
         raise ValueError(f"{output_path}: the output would overwrite the input")
+    if dicom and not uid_salt:
+        raise ValueError("writing DICOM needs the pseudonym secret ingest used (MEDGEN_UID_SALT or --uid-salt-file)")
     torch_device = torch.device(device)
     volume, header = read_input(input_path)
 

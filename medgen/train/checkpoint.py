@@ -7,10 +7,8 @@ are stored in that form too (numpy's state as a list of ints, torch's as uint8 t
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from medgen.io.atomic import TMP_SUFFIX as _TMP_SUFFIX
+from medgen.io.atomic import atomic_write_with
+
 CHECKPOINT_NAME = "checkpoint.pt"
 FINAL_NAME = "model.pt"
 FORMAT = "medgen-checkpoint"
 FINAL_FORMAT = "medgen-model"
 VERSION = 1
-_TMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(RuntimeError):
@@ -38,20 +38,7 @@ def atomic_save(obj: Any, path: Path | str) -> Path:
     partial file under that name; a killed write leaves only a hidden ``.<name>.*.tmp`` file,
     which no load reads and :func:`remove_stale_temps` deletes.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_write_with(path, lambda fh: torch.save(obj, fh), durable=True)
 
 
 def remove_stale_temps(path: Path | str) -> list[Path]:
@@ -61,20 +48,6 @@ def remove_stale_temps(path: Path | str) -> list[Path]:
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------- reading

@@ -19,6 +19,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from medgen.io.atomic import atomic_write_text, atomic_write_with
+
 LOG_NAME = "log.jsonl"
 TB_DIR = "tb"
 SAMPLES_DIR = "samples"
@@ -90,9 +92,7 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
             continue  # a line torn by a kill mid-write
         if int(record.get("step", -1)) <= max_step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def _json_float(value: float) -> float | None:
@@ -135,9 +135,7 @@ def save_png(grid: torch.Tensor, path: Path) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     array = (grid.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda fh: Image.fromarray(array).save(fh, format="PNG"))
     return path
 
 
