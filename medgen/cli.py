@@ -10,17 +10,33 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from medgen import __version__
+from medgen.errors import ExitCode, OptionError, classify
+from medgen.io.output_paths import check_output_path
 
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _json_arg(text: str, flag: str) -> dict[str, Any]:
+    """The JSON object given to ``flag``; :class:`OptionError` naming the flag otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OptionError(f"{flag}: not valid JSON ({exc.msg} at column {exc.colno}); give an object, e.g. {flag} '{{\"key\": 1}}'") from None
+    if not isinstance(value, dict):
+        raise OptionError(f"{flag}: expected a JSON object {{...}}, got {type(value).__name__} {text!r}")
+    return value
+
+
 def _phantom(args: argparse.Namespace) -> int:
     from medgen.data.phantom import generate_cohort
+
+    check_output_path(args.out, "folder")
 
     written = generate_cohort(
         args.out,
@@ -37,6 +53,7 @@ def _phantom(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     from medgen.io.ingest import IngestOptions, ingest
 
+    check_output_path(args.out, "folder")
     options = IngestOptions(
         on_tilt=args.on_tilt,
         on_uneven=args.on_uneven,
@@ -54,6 +71,7 @@ def _ingest(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     from medgen.data.preprocess import PreprocessConfig, preprocess_subject
 
+    check_output_path(args.out, "folder")
     cfg = PreprocessConfig(
         spacing=tuple(args.spacing),
         size=tuple(args.size),
@@ -72,6 +90,7 @@ def _preprocess(args: argparse.Namespace) -> int:
 def _split(args: argparse.Namespace) -> int:
     from medgen.data.splits import make_split, write_split
 
+    check_output_path(args.out, "file")
     split = make_split(args.subjects, fractions=tuple(args.fractions), seed=args.seed)
     write_split(split, args.out)
     print(f"split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f" subjects -> {args.out}")
@@ -79,10 +98,11 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medgen.models.base import NonFiniteLossError
     from medgen.train.engine import TrainConfig
     from medgen.train.run import train_task
 
+    task, options = _json_arg(args.task_json, "--task-json"), _json_arg(args.options_json, "--options-json")
+    check_output_path(args.out, "folder")
     cfg = TrainConfig(
         out_dir=args.out,
         max_steps=args.steps,
@@ -97,20 +117,16 @@ def _train(args: argparse.Namespace) -> int:
         ema_decay=None if args.ema_decay <= 0 else args.ema_decay,
         grad_clip=args.grad_clip,
     )
-    try:
-        path = train_task(
-            prep_root=args.prep_root,
-            split_path=args.split,
-            task=json.loads(args.task_json),
-            model_name=args.model,
-            options=json.loads(args.options_json),
-            train_cfg=cfg,
-            extra_manifests=args.extra_data or (),
-            resume=not args.no_resume,
-        )
-    except NonFiniteLossError as exc:
-        print(f"medgen train: error: {exc}", file=sys.stderr)
-        return 3
+    path = train_task(
+        prep_root=args.prep_root,
+        split_path=args.split,
+        task=task,
+        model_name=args.model,
+        options=options,
+        train_cfg=cfg,
+        extra_manifests=args.extra_data or (),
+        resume=not args.no_resume,
+    )
     print(f"train: {args.model} -> {path}")
     return 0
 
@@ -119,6 +135,7 @@ def _sample(args: argparse.Namespace) -> int:
     from medgen.synth.sample import held_out_label_maps, sample_to_files
     from medgen.train.run import load_trained
 
+    check_output_path(args.out, "folder")
     trained = load_trained(args.checkpoint, device=args.device)
     label_maps = None
     if args.label_maps_from is not None:
@@ -134,8 +151,12 @@ def _translate(args: argparse.Namespace) -> int:
     from medgen.synth.translate import translate_volume
     from medgen.train.run import load_trained
 
+    check_output_path(args.output, "folder" if args.dicom else "file", flag="--output")
     trained = load_trained(args.checkpoint, device=args.device)
-    summary = translate_volume(trained, args.input, args.output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom)
+    summary = translate_volume(
+        trained, args.input, args.output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom,
+        source_modality=args.source_modality, force=args.force,
+    )
     print(f"translate: {args.input} -> {args.output} ({summary.get('units', '')})")
     return 0
 
@@ -143,6 +164,7 @@ def _translate(args: argparse.Namespace) -> int:
 def _encoder(args: argparse.Namespace) -> int:
     from medgen.eval.run import train_study_encoder
 
+    check_output_path(args.out, "file")
     path = train_study_encoder(prep_root=args.prep_root, split_path=args.split, modalities=args.modalities, out_path=args.out, steps=args.steps, seed=args.seed)
     print(f"encoder: trained on the training split -> {path}")
     return 0
@@ -151,9 +173,12 @@ def _encoder(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from medgen.eval import run
 
+    check_output_path(args.out, "file")
     if args.kind == "translation":
+        if not args.task_json:
+            raise OptionError("evaluate translation needs --task-json (the task's source and target)")
         result = run.evaluate_translation(
-            task=json.loads(args.task_json), model=args.model, pred_dir=args.pred_dir, nifti_root=args.nifti_root,
+            task=_json_arg(args.task_json, "--task-json"), model=args.model, pred_dir=args.pred_dir, nifti_root=args.nifti_root,
             prep_root=args.prep_root, split_path=args.split, out_json=args.out, seed=args.seed,
         )
         mae = result["aggregate"]["mae"]
@@ -178,6 +203,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from medgen.report.html import report_main
 
+    check_output_path(args.out, "file")
     code = report_main(args.results, args.out, args.config)
     if code == 0:
         print(f"report: {args.out.resolve()}")
@@ -276,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", type=int, choices=[0, 1, 2], help="slice axis for 2D models (RAS; default: as trained)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap for 3D models")
     p.add_argument("--dicom", action="store_true", help="write a derived DICOM series instead of NIfTI")
+    p.add_argument("--source-modality", help="modality of the input (e.g. T1w, CT) when neither a sidecar JSON nor DICOM says it")
+    p.add_argument("--force", action="store_true",
+                   help="translate even if the input's modality is not the model's source (recorded in the output's sidecar)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=_translate)
 
@@ -320,15 +349,32 @@ def _quiet_optional_backends() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``medgen`` console script; returns the process exit status."""
+    """Entry point of the ``medgen`` console script; returns the process exit status.
+
+    The one error boundary of the command line: an expected failure (see :mod:`medgen.errors`)
+    becomes one line on stderr and the exit status of its class; anything else is a bug and
+    shows its traceback with a request to report it.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _quiet_optional_backends()
     try:
         return int(args.handler(args))
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"medgen {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
+    except BaseException as exc:  # noqa: BLE001 - the boundary: every failure leaves through here
+        if isinstance(exc, SystemExit):
+            raise
+        known = classify(exc)
+        if known is not None:
+            code, message = known
+            print(f"medgen {args.verb}: error: {message}", file=sys.stderr)
+            return int(code)
+        traceback.print_exc()
+        print(
+            f"medgen {args.verb}: internal error ({type(exc).__name__}): this is a bug in medgen {__version__}; "
+            "please file a bug report with the command line and the traceback above",
+            file=sys.stderr,
+        )
+        return int(ExitCode.BUG)
 
 
 if __name__ == "__main__":
