@@ -610,7 +610,7 @@ def load_series(
         if on_tilt == "refuse":
             raise _fail(series, f"gantry tilt of {angle:.2f} deg: slice positions (ImagePositionPatient (0020,0032)) are "
                                 f"sheared off the slice normal by up to {shear_mm:.3g} mm (GantryDetectorTilt (0018,1120) = "
-                                f"{header_tilt:g} deg); pass on_tilt='resample' to resample onto an orthogonal grid")
+                                f"{header_tilt:g} deg); to resample onto an orthogonal grid, ingest with --on-tilt resample (config ingest.on_tilt: resample)")
         corrections["gantry_tilt_deg"] = round(angle, 4)
         corrections["tilt_resampled"] = True
         warnings.append(f"{series.label}: gantry tilt {angle:.2f} deg corrected by resampling each slice in plane onto "
@@ -619,7 +619,7 @@ def load_series(
         warnings.append(f"{series.label}: GantryDetectorTilt (0018,1120) = {header_tilt:g} deg but the slices lie along "
                         "their normal (tilt already in ImageOrientationPatient); no correction needed")
     if spacing is not None and not spacing.uniform and on_uneven == "refuse":
-        raise _fail(series, _spacing_problem(series, spacing, len(frames)) + "; pass on_uneven='resample' to interpolate")
+        raise _fail(series, _spacing_problem(series, spacing, len(frames)) + "; to interpolate, ingest with --on-uneven resample (config ingest.on_uneven: resample)")
 
     stored = _stored_values(series, frames)
     slices = _to_physical(stored, frames)  # (Z, rows, cols)

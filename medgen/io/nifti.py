@@ -63,7 +63,7 @@ def _choose_affine(img: nib.Nifti1Image, path: Path, policy: FormPolicy) -> tupl
                 "readers differ on which one they use"
             )
             if policy == "error":
-                raise NiftiError(msg + " (pass form_mismatch='warn' to use the sform)")
+                raise NiftiError(msg + " (to use the sform, ingest with --form-mismatch warn, config ingest.form_mismatch: warn)")
             notes.append(msg + "; used the sform")
         return sform, notes
     if scode:
@@ -109,11 +109,19 @@ def load_nifti(
     if data.ndim != 3:
         raise NiftiError(f"{path}: expected a 3D volume, found shape {data.shape}")
     affine, notes = _choose_affine(img, path, form_mismatch)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])) < 1e-12:
+        raise NiftiError(
+            f"{path}: the voxel-to-world matrix (sform/qform) is singular or not finite, so the voxels have no place "
+            "in space; correct the header (e.g. re-export the image from its source) before using it"
+        )
     bad = ~np.isfinite(data)
     n_bad = int(bad.sum())
     if n_bad:
         if nonfinite == "error":
-            raise NiftiError(f"{path}: {n_bad} NaN/inf voxels (set nonfinite to 'zero' or 'min' to replace them)")
+            raise NiftiError(
+                f"{path}: {n_bad} NaN/inf voxels (to replace them, ingest with --nonfinite zero or --nonfinite min, "
+                "config ingest.nonfinite: zero | min)"
+            )
         fill = 0.0 if nonfinite == "zero" else float(data[~bad].min()) if n_bad < data.size else 0.0
         data = np.where(bad, np.float32(fill), data)
         notes.append(f"{path}: replaced {n_bad} NaN/inf voxels by {fill}")
