@@ -35,7 +35,7 @@ class ExitCode(IntEnum):
     OUTPUT = 6  #: an output path cannot be used (under a file, occupied by a folder, disk full, I/O error)
     CORRUPT = 7  #: an input file is truncated, corrupt, foreign or has a header medgen refuses
     MODEL_FILE = 8  #: a model or checkpoint file is refused (not medgen's, truncated, untrusted, wrong kind)
-    MISMATCH = 9  #: the input does not fit the model (e.g. a CT volume for a T1w -> CT model)
+    MISMATCH = 9  #: the input does not fit the model (a CT for a T1w -> CT model), or the model does not fit the verb
     BUG = 70  #: an unexpected exception: a bug in medgen (the traceback is shown)
     INTERRUPTED = 130  #: stopped by Ctrl-C / SIGINT
 
@@ -77,7 +77,8 @@ class ModelFileError(MedgenError, RuntimeError):
 
 
 class ModalityMismatchError(MedgenError, ValueError):
-    """An input whose modality is not the one the model was trained on."""
+    """An input whose modality is not the one the model was trained on, or a model of the wrong
+    kind for the verb (a translation model given to ``medgen sample``)."""
 
     exit_code = ExitCode.MISMATCH
 

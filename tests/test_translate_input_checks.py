@@ -108,5 +108,13 @@ def test_far_field_of_view_and_intensities_are_warned_with_figures(tiny_cohort, 
     assert json.loads((tmp_path / "n.json").read_text())["input_warnings"] == []  # a subject like the training ones
 
 
+def test_a_translation_model_given_to_sample_is_refused(t1_to_ct, tmp_path, capsys):
+    code = main(["sample", "--checkpoint", str(t1_to_ct / "model.pt"), "--n", "2", "--out", str(tmp_path / "samples")])
+    err = capsys.readouterr().err
+    assert code == ExitCode.MISMATCH
+    assert "is a 'translation' model, not a generation model" in err and "medgen translate" in err
+    assert not (tmp_path / "samples").exists()
+
+
 def test_library_refusal_is_a_value_error_too():
     assert issubclass(ModalityMismatchError, ValueError)

@@ -84,7 +84,12 @@ def _preprocess_options(meta: dict[str, Any]) -> dict[str, Any]:
 def _task_modalities(meta: dict[str, Any]) -> tuple[str, str]:
     task = meta.get("task") or {}
     if task.get("kind") != "translation":
-        raise ValueError(f"model task {task.get('name')!r} is a {task.get('kind')!r} task, not a translation")
+        from medgen.errors import ModalityMismatchError
+
+        raise ModalityMismatchError(
+            f"model {meta.get('model')!r} of task {task.get('name')!r} is a {task.get('kind')!r} model, not a translation model; "
+            "draw samples with it (medgen sample), or pass a translation model's model.pt"
+        )
     return str(task["source"]), str(task["target"])
 
 
