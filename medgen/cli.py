@@ -33,11 +33,25 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
     return value
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (argparse names the flag in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _phantom(args: argparse.Namespace) -> int:
     from medgen.data.phantom import generate_cohort
 
     check_output_path(args.out, "folder")
-
     written = generate_cohort(
         args.out,
         n_subjects=args.subjects,
@@ -219,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("phantom", help="write the multi-modal brain phantom cohort (NIfTI + DICOM)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--subjects", type=int, default=20, help="number of subjects (sub-001 ...)")
+    p.add_argument("--subjects", type=_at_least(1), default=20, help="number of subjects (sub-001 ...)")
     p.add_argument("--seed", type=int, default=0, help="cohort seed; each subject's draw depends only on it and its index")
     p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (template is 1 mm)")
     p.add_argument("--only", nargs="+", metavar="SUBJECT", help="write only these subjects (e.g. sub-003)")
@@ -237,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uid-salt", default="medgen", help="secret that makes replaced UIDs consistent across runs and jobs")
     p.add_argument("--nonfinite", choices=["error", "zero", "min"], default="error", help="NaN/inf voxels in NIfTI input")
     p.add_argument("--form-mismatch", choices=["error", "warn"], default="error", help="NIfTI qform != sform")
-    p.add_argument("--min-slices", type=int, default=3, help="series with fewer slices are skipped as localizers")
+    p.add_argument("--min-slices", type=_at_least(1), default=3, help="series with fewer slices are skipped as localizers")
     p.set_defaults(handler=_ingest)
 
     p = verbs.add_parser("preprocess", help="reorient, resample, mask, normalise one subject (MONAI transforms)")
@@ -268,15 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model name from the registry (glow, gan, cgan, ...)")
     p.add_argument("--options-json", default="{}", help="model options as JSON")
     p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, checkpoint.pt, log.jsonl, tb/, samples/")
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=_at_least(1), required=True)
+    p.add_argument("--batch-size", type=_at_least(1), default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    p.add_argument("--ckpt-every", type=int, default=100)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--image-every", type=int, default=200)
+    p.add_argument("--ckpt-every", type=_at_least(1), default=100)
+    p.add_argument("--log-every", type=_at_least(1), default=10)
+    p.add_argument("--image-every", type=_at_least(0), default=200)
     p.add_argument("--ema-decay", type=float, default=0.999, help="<= 0 disables the EMA")
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
@@ -285,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("sample", help="draw samples of a trained model as NIfTI + PNG grid + manifest")
     p.add_argument("--checkpoint", type=Path, required=True, help="model.pt written by medgen train")
-    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--n", type=_at_least(1), required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labels", type=int, nargs="+", help="class labels to cycle through (conditional models)")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -313,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--modalities", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=_at_least(1), default=300)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_encoder)
 
@@ -331,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=Path, help="generation: manifest.tsv of the samples")
     p.add_argument("--features", nargs="+", default=["radiomics"], help="generation: feature extractors")
     p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
-    p.add_argument("--max-real", type=int, default=256, help="generation: real slices drawn per split")
+    p.add_argument("--max-real", type=_at_least(1), default=256, help="generation: real slices drawn per split")
     p.set_defaults(handler=_evaluate)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")

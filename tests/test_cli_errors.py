@@ -136,6 +136,14 @@ def test_bad_json_and_unknown_option_are_usage_errors(tiny_cohort, tmp_path, cap
     assert not (tmp_path / "run").exists()  # refused before anything was built or written
 
 
+def test_out_of_range_numbers_name_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--prep-root", ".", "--split", "s.json", "--task-json", TASK, "--model", "gan", "--out", str(tmp_path), "--steps", "0"])
+    assert exc.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "argument --steps: must be at least 1, got 0" in err and "TrainConfig" not in err
+
+
 def test_missing_input_names_the_path(tmp_path, capsys):
     code = main(["preprocess", "--input-dir", str(tmp_path / "nowhere"), "--modalities", "T1w", "--out", str(tmp_path / "prep")])
     assert code == ExitCode.MISSING
