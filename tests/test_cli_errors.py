@@ -133,6 +133,9 @@ def test_bad_json_and_unknown_option_are_usage_errors(tiny_cohort, tmp_path, cap
     assert main([*base, "--options-json", '{"ngf": 8, "colour": 3}']) == ExitCode.USAGE
     err = capsys.readouterr().err
     assert "unknown option(s) 'colour' for model 'gan'" in err and "valid options: " in err and "ngf" in err
+    no_source = ["train", *base[1:6], json.dumps({"name": "t", "kind": "translation", "target": "CT"}), *base[7:]]
+    assert main(no_source) == ExitCode.USAGE
+    assert "--task-json: a translation task needs 'source'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was built or written
 
 

@@ -103,6 +103,22 @@ def _check_option_names(model_name: str, options: Mapping[str, Any]) -> None:
         )
 
 
+#: keys a task must have, by kind
+TASK_KEYS = {"generation": ("modalities",), "translation": ("source", "target")}
+
+
+def _check_task(task: Mapping[str, Any]) -> None:
+    """:class:`OptionError` for a task description (``--task-json`` / ``tasks.<name>``) that lacks what its kind needs."""
+    kind = task.get("kind")
+    if kind not in TASK_KEYS:
+        raise OptionError(f"--task-json: 'kind' must be 'generation' or 'translation', got {kind!r}")
+    missing = [key for key in TASK_KEYS[kind] if not task.get(key)]
+    if missing:
+        raise OptionError(f"--task-json: a {kind} task needs {', '.join(map(repr, missing))}, e.g. "
+                          + ('{"kind": "translation", "source": "T1w", "target": "CT"}' if kind == "translation"
+                             else '{"kind": "generation", "modalities": ["T1w"]}'))
+
+
 def train_task(
     *,
     prep_root: Path | str,
@@ -125,6 +141,7 @@ def train_task(
     subjects = read_split(split_path)["train"]
     options = dict(options)
     _check_option_names(model_name, options)
+    _check_task(task)
     spatial_dims = int(options.setdefault("spatial_dims", 2))
     patch_size = options.pop("patch_size", None) if spatial_dims == 3 else None
     dataset = task_dataset(task, prep_root, subjects, model_paired=model_name in PAIRED_MODELS, spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed)
