@@ -111,6 +111,7 @@ def test_corrupt_input_is_one_line_with_its_exit_status(verb, bad_files, capsys)
     assert code == expected, err
     assert len(lines) == 1 and lines[0].startswith(f"medgen {verb}: error: "), err
     assert "Traceback" not in err and "weights_only" not in err
+    assert str(bad_files["root"]) in err  # the message names the file or folder at fault
     assert {p: p.read_bytes() for p in before} == before  # inputs never written to
     assert {p for p in bad_files["root"].rglob("*") if p.is_file()} == set(before)  # nothing left behind
 
