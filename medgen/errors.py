@@ -120,8 +120,21 @@ def _refused_file_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+#: The hidden temporary name the atomic writers give a file while writing it (``.<name>.<random>.tmp``).
+_ATOMIC_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _user_path(filename: object) -> object:
+    """``filename`` as the user named it: an atomic writer's temporary file stands for its target."""
+    if not isinstance(filename, str):
+        return filename
+    path = Path(filename)
+    found = _ATOMIC_TEMP.match(path.name)
+    return str(path.with_name(found.group("name"))) if found else filename
+
+
 def _os_message(exc: OSError, advice: str) -> str:
-    where = exc.filename if exc.filename is not None else None
+    where = _user_path(exc.filename) if exc.filename is not None else None
     problem = exc.strerror or str(exc)
     text = f"{where}: {problem}" if where is not None else problem
     if exc.filename2 is not None:

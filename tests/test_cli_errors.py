@@ -173,7 +173,8 @@ def test_permission_denied_by_the_system_is_its_own_class(capsys):
     code = main(["split", "--subjects", "a", "b", "c", "--out", "/sys/kernel/medgen-split.json"])
     err = capsys.readouterr().err
     assert code == ExitCode.PERMISSION, err
-    assert err.startswith("medgen split: error: ") and "/sys/kernel" in err and "ermission denied" in err
+    # the path the user named, not the atomic writer's hidden temporary file beside it
+    assert err.startswith("medgen split: error: /sys/kernel/medgen-split.json: Permission denied"), err
     assert "give this user access to it, or choose another path" in err
 
 
@@ -213,6 +214,14 @@ def test_advice_names_flags_and_config_keys(tmp_path, capsys):
     assert code == ExitCode.CORRUPT
     assert "--nonfinite zero" in err and "ingest.nonfinite: zero" in err
     assert not re.search(r"\b\w+='\w+'", err) and "set nonfinite" not in err  # no Python keyword arguments
+
+
+def test_a_text_file_given_as_model_is_not_called_untrusted(tmp_path, capsys):
+    (tmp_path / "model.pt").write_text("weights\n")
+    assert main(["sample", "--checkpoint", str(tmp_path / "model.pt"), "--n", "1", "--out", str(tmp_path / "s")]) == ExitCode.MODEL_FILE
+    err = capsys.readouterr().err
+    assert "model.pt: not a readable trained model (model.pt): it is not a file written by torch.save" in err
+    assert "untrust" not in err and "weights_only" not in err
 
 
 def test_no_medgen_module_calls_torch_load_directly():

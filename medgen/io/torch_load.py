@@ -41,6 +41,10 @@ def safe_load(path: Path | str, *, what: str, remedy: str, map_location: str | t
     except PermissionError:
         raise
     except pickle.UnpicklingError as exc:
+        if not _is_refused_object(exc):  # e.g. a text file: not a pickle at all
+            raise ModelFileError(
+                f"{path}: not a readable {what}: it is not a file written by torch.save. {remedy}"
+            ) from None
         raise ModelFileError(
             f"{path}: refused: it holds Python objects other than tensors and plain values "
             f"({_refusal(exc)}), so it is not a {what} written by medgen, or it was written by code "
@@ -51,6 +55,11 @@ def safe_load(path: Path | str, *, what: str, remedy: str, map_location: str | t
             f"{path}: not a readable {what}: the file is truncated, damaged or of another kind "
             f"({_first_sentence(exc)}). {remedy}"
         ) from None
+
+
+def _is_refused_object(exc: BaseException) -> bool:
+    """True when weights-only unpickling refused an object the file names (a class, a function)."""
+    return bool(re.search(r"Unsupported (global|class)|not an allowed global", str(exc)))
 
 
 def _refusal(exc: BaseException) -> str:
