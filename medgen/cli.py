@@ -10,18 +10,48 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from medgen import __version__
+from medgen.errors import ExitCode, OptionError, classify
+from medgen.io.output_paths import check_output_path
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _json_arg(text: str, flag: str) -> dict[str, Any]:
+    """The JSON object given to ``flag``; :class:`OptionError` naming the flag otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OptionError(f"{flag}: not valid JSON ({exc.msg} at column {exc.colno}); give an object, e.g. {flag} '{{\"key\": 1}}'") from None
+    if not isinstance(value, dict):
+        raise OptionError(f"{flag}: expected a JSON object {{...}}, got {type(value).__name__} {text!r}")
+    return value
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (argparse names the flag in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _phantom(args: argparse.Namespace) -> int:
     from medgen.data.phantom import generate_cohort
 
+    check_output_path(args.out, "folder")
     written = generate_cohort(
         args.out,
         n_subjects=args.subjects,
@@ -44,6 +74,7 @@ def _secret(args: argparse.Namespace) -> str:
 def _ingest(args: argparse.Namespace) -> int:
     from medgen.io.ingest import IngestOptions, ingest
 
+    check_output_path(args.out, "folder")
     options = IngestOptions(
         on_tilt=args.on_tilt,
         on_uneven=args.on_uneven,
@@ -64,6 +95,7 @@ def _ingest(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     from medgen.data.preprocess import PreprocessConfig, preprocess_subject
 
+    check_output_path(args.out, "folder")
     cfg = PreprocessConfig(
         spacing=tuple(args.spacing),
         size=tuple(args.size),
@@ -82,6 +114,7 @@ def _preprocess(args: argparse.Namespace) -> int:
 def _split(args: argparse.Namespace) -> int:
     from medgen.data.splits import make_split, write_split
 
+    check_output_path(args.out, "file")
     split = make_split(args.subjects, fractions=tuple(args.fractions), seed=args.seed)
     write_split(split, args.out)
     print(f"split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f" subjects -> {args.out}")
@@ -89,10 +122,11 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medgen.models.base import NonFiniteLossError
     from medgen.train.engine import TrainConfig
     from medgen.train.run import train_task
 
+    task, options = _json_arg(args.task_json, "--task-json"), _json_arg(args.options_json, "--options-json")
+    check_output_path(args.out, "folder")
     cfg = TrainConfig(
         out_dir=args.out,
         max_steps=args.steps,
@@ -107,20 +141,16 @@ def _train(args: argparse.Namespace) -> int:
         ema_decay=None if args.ema_decay <= 0 else args.ema_decay,
         grad_clip=args.grad_clip,
     )
-    try:
-        path = train_task(
-            prep_root=args.prep_root,
-            split_path=args.split,
-            task=json.loads(args.task_json),
-            model_name=args.model,
-            options=json.loads(args.options_json),
-            train_cfg=cfg,
-            extra_manifests=args.extra_data or (),
-            resume=not args.no_resume,
-        )
-    except NonFiniteLossError as exc:
-        print(f"medgen train: error: {exc}", file=sys.stderr)
-        return 3
+    path = train_task(
+        prep_root=args.prep_root,
+        split_path=args.split,
+        task=task,
+        model_name=args.model,
+        options=options,
+        train_cfg=cfg,
+        extra_manifests=args.extra_data or (),
+        resume=not args.no_resume,
+    )
     print(f"train: {args.model} -> {path}")
     return 0
 
@@ -129,6 +159,7 @@ def _sample(args: argparse.Namespace) -> int:
     from medgen.synth.sample import held_out_label_maps, sample_to_files
     from medgen.train.run import load_trained
 
+    check_output_path(args.out, "folder")
     trained = load_trained(args.checkpoint, device=args.device)
     label_maps = None
     if args.label_maps_from is not None:
@@ -144,9 +175,13 @@ def _translate(args: argparse.Namespace) -> int:
     from medgen.synth.translate import translate_volume
     from medgen.train.run import load_trained
 
+    check_output_path(args.output, "folder" if args.dicom else "file", flag="--output")
     trained = load_trained(args.checkpoint, device=args.device)
     salt = _secret(args) if args.dicom else None
-    summary = translate_volume(trained, args.input, args.output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom, uid_salt=salt)
+    summary = translate_volume(
+        trained, args.input, args.output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom,
+        uid_salt=salt, source_modality=args.source_modality, force=args.force,
+    )
     print(f"translate: {args.input} -> {args.output} ({summary.get('units', '')})")
     return 0
 
@@ -154,6 +189,7 @@ def _translate(args: argparse.Namespace) -> int:
 def _encoder(args: argparse.Namespace) -> int:
     from medgen.eval.run import train_study_encoder
 
+    check_output_path(args.out, "file")
     path = train_study_encoder(prep_root=args.prep_root, split_path=args.split, modalities=args.modalities, out_path=args.out, steps=args.steps, seed=args.seed)
     print(f"encoder: trained on the training split -> {path}")
     return 0
@@ -162,9 +198,12 @@ def _encoder(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from medgen.eval import run
 
+    check_output_path(args.out, "file")
     if args.kind == "translation":
+        if not args.task_json:
+            raise OptionError("evaluate translation needs --task-json (the task's source and target)")
         result = run.evaluate_translation(
-            task=json.loads(args.task_json), model=args.model, pred_dir=args.pred_dir, nifti_root=args.nifti_root,
+            task=_json_arg(args.task_json, "--task-json"), model=args.model, pred_dir=args.pred_dir, nifti_root=args.nifti_root,
             prep_root=args.prep_root, split_path=args.split, out_json=args.out, seed=args.seed,
         )
         mae = result["aggregate"]["mae"]
@@ -189,6 +228,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from medgen.report.html import report_main
 
+    check_output_path(args.out, "file")
     code = report_main(args.results, args.out, args.config)
     if code == 0:
         print(f"report: {args.out.resolve()}")
@@ -204,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("phantom", help="write the multi-modal brain phantom cohort (NIfTI + DICOM)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--subjects", type=int, default=20, help="number of subjects (sub-001 ...)")
+    p.add_argument("--subjects", type=_at_least(1), default=20, help="number of subjects (sub-001 ...)")
     p.add_argument("--seed", type=int, default=0, help="cohort seed; each subject's draw depends only on it and its index")
     p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (template is 1 mm)")
     p.add_argument("--only", nargs="+", metavar="SUBJECT", help="write only these subjects (e.g. sub-003)")
@@ -226,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-patients", action="store_true", help="let --subject take inputs that hold several patients (PatientID)")
     p.add_argument("--nonfinite", choices=["error", "zero", "min"], default="error", help="NaN/inf voxels in NIfTI input")
     p.add_argument("--form-mismatch", choices=["error", "warn"], default="error", help="NIfTI qform != sform")
-    p.add_argument("--min-slices", type=int, default=1, help="series with fewer slices are skipped (default 1: single slices convert)")
+    p.add_argument("--min-slices", type=_at_least(1), default=1, help="series with fewer slices are skipped (default 1: single slices convert)")
     p.add_argument("--allow-constant", action="store_true", help="keep images whose voxels all have one value (refused by default)")
     p.set_defaults(handler=_ingest)
 
@@ -258,15 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model name from the registry (glow, gan, cgan, ...)")
     p.add_argument("--options-json", default="{}", help="model options as JSON")
     p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, checkpoint.pt, log.jsonl, tb/, samples/")
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=_at_least(1), required=True)
+    p.add_argument("--batch-size", type=_at_least(1), default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    p.add_argument("--ckpt-every", type=int, default=100)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--image-every", type=int, default=200)
+    p.add_argument("--ckpt-every", type=_at_least(1), default=100)
+    p.add_argument("--log-every", type=_at_least(1), default=10)
+    p.add_argument("--image-every", type=_at_least(0), default=200)
     p.add_argument("--ema-decay", type=float, default=0.999, help="<= 0 disables the EMA")
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
@@ -275,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("sample", help="draw samples of a trained model as NIfTI + PNG grid + manifest")
     p.add_argument("--checkpoint", type=Path, required=True, help="model.pt written by medgen train")
-    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--n", type=_at_least(1), required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labels", type=int, nargs="+", help="class labels to cycle through (conditional models)")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -293,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap for 3D models")
     p.add_argument("--dicom", action="store_true", help="write a derived DICOM series instead of NIfTI")
     p.add_argument("--uid-salt-file", type=Path, help="--dicom: file holding the pseudonym secret (default: MEDGEN_UID_SALT)")
+    p.add_argument("--source-modality", help="modality of the input (e.g. T1w, CT) when neither a sidecar JSON nor DICOM says it")
+    p.add_argument("--force", action="store_true",
+                   help="translate even if the input's modality is not the model's source (recorded in the output's sidecar)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=_translate)
 
@@ -301,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--modalities", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=_at_least(1), default=300)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_encoder)
 
@@ -319,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=Path, help="generation: manifest.tsv of the samples")
     p.add_argument("--features", nargs="+", default=["radiomics"], help="generation: feature extractors")
     p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
-    p.add_argument("--max-real", type=int, default=256, help="generation: real slices drawn per split")
+    p.add_argument("--max-real", type=_at_least(1), default=256, help="generation: real slices drawn per split")
     p.set_defaults(handler=_evaluate)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")
@@ -337,15 +380,32 @@ def _quiet_optional_backends() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``medgen`` console script; returns the process exit status."""
+    """Entry point of the ``medgen`` console script; returns the process exit status.
+
+    The one error boundary of the command line: an expected failure (see :mod:`medgen.errors`)
+    becomes one line on stderr and the exit status of its class; anything else is a bug and
+    shows its traceback with a request to report it.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _quiet_optional_backends()
     try:
         return int(args.handler(args))
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"medgen {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
+    except BaseException as exc:  # noqa: BLE001 - the boundary: every failure leaves through here
+        if isinstance(exc, SystemExit):
+            raise
+        known = classify(exc)
+        if known is not None:
+            code, message = known
+            print(f"medgen {args.verb}: error: {message}", file=sys.stderr)
+            return int(code)
+        traceback.print_exc()
+        print(
+            f"medgen {args.verb}: internal error ({type(exc).__name__}): this is a bug in medgen {__version__}; "
+            "please file a bug report with the command line and the traceback above",
+            file=sys.stderr,
+        )
+        return int(ExitCode.BUG)
 
 
 if __name__ == "__main__":

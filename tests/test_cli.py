@@ -30,7 +30,7 @@ def test_unknown_verb_fails_loudly():
 
 def test_missing_input_names_the_path(tmp_path, capsys):
     code = main(["ingest", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
-    assert code == 2
+    assert code == 4  # ExitCode.MISSING
     assert "nowhere" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

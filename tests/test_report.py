@@ -283,9 +283,15 @@ def test_report_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     cfg.write_text(yaml.safe_dump({"modalities": ["T1w"], "seed": 12345}))
     assert report_main(results, tmp_path / "out.html", cfg) == 0
     assert "seed: 12345" in (tmp_path / "out.html").read_text()
-    assert report_main(tmp_path / "missing", tmp_path / "x.html", None) == 2
-    assert report_main(results, tmp_path / "x.html", tmp_path / "nope.yaml") == 2
-    assert "medgen report" in capsys.readouterr().err
+    from medgen.cli import main
+
+    assert main(["report", "--results", str(tmp_path / "missing"), "--out", str(tmp_path / "x.html")]) == 4
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "x.html"), "--config", str(tmp_path / "nope.yaml")]) == 4
+    (tmp_path / "bad.yaml").write_text("modalities: [T1w\n")
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "x.html"), "--config", str(tmp_path / "bad.yaml")]) == 7
+    err = capsys.readouterr().err
+    assert "medgen report: error: " in err and "bad.yaml: not a readable YAML config" in err
+    assert not (tmp_path / "x.html").exists()
 
 
 def test_fmt() -> None:

@@ -112,7 +112,12 @@ def read_split(path: Path | str) -> Split:
     Raises ValueError if a subject is in two splits, or if the file holds no split lists.
     """
     path = Path(path)
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        from medgen.errors import CorruptFileError
+
+        raise CorruptFileError(f"{path}: not a valid split file ({exc}); write it again with medgen split") from None
     subsets = data.get("splits", data) if isinstance(data, dict) else None
     if not isinstance(subsets, dict) or not all(isinstance(v, list) for v in subsets.values()):
         raise ValueError(f"{path}: expected a mapping of split name -> list of subjects")

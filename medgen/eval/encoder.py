@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medgen.eval.batching import batched_features, image_batch
 from medgen.io.atomic import atomic_write_bytes
+from medgen.io.torch_load import ModelFileError, safe_load
 
 FORMAT = "medgen-encoder-v1"
 #: Backbone of the default encoder: ResNet basic blocks, one per stage, 16-128 channels.
@@ -161,9 +162,9 @@ class EncoderFeatures:
             raise FileNotFoundError(f"encoder weights {path} do not exist (config key eval.features.encoder.weights; train with train_encoder)")
         self.path = path
         self.checksum = sha256_file(path)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = safe_load(path, what="study encoder", remedy="Train it again with medgen encoder (eval.features.encoder.weights names it).")
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a medgen encoder checkpoint (format {FORMAT})")
+            raise ModelFileError(f"{path} is not a medgen study encoder (format {FORMAT}); train it with medgen encoder")
         self.modalities = list(ckpt["modalities"])
         self.model = SliceEncoder(len(self.modalities), **ckpt["config"])
         self.model.load_state_dict(ckpt["state_dict"])

@@ -52,6 +52,13 @@ def _weights_file(path: Path | str | None, config_key: str) -> Path:
     return p
 
 
+def _load_weights_file(path: Path, config_key: str) -> Any:
+    """The weights file through medgen's one weights-only loader."""
+    from medgen.io.torch_load import safe_load
+
+    return safe_load(path, what="pretrained weights file", remedy=f"Point {config_key} at the original weights file.")
+
+
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     # Checkpoints are either a bare state dict or one nested under a common key.
     if isinstance(obj, Mapping):
@@ -183,7 +190,7 @@ class RadImageNetFeatures:
             raise ValueError(f"input_norm must be 'imagenet' or 'bgr_mean', got {input_norm!r}")
         self.path, self.checksum = path, sha256_file(path)
         self.model = ResNet50Features()
-        load_weights(self.model, radimagenet_state_dict(_unwrap(torch.load(path, map_location="cpu", weights_only=True), path)), source=str(path))
+        load_weights(self.model, radimagenet_state_dict(_unwrap(_load_weights_file(path, self.config_key), path)), source=str(path))
         self.model.eval().requires_grad_(False)
         self.input_range, self.input_norm, self.batch_size = input_range, input_norm, batch_size
 
@@ -247,7 +254,7 @@ class MedicalNetFeatures:
             raise ValueError(f"input_norm must be 'zscore_nonzero' or 'none', got {input_norm!r}")
         self.path, self.checksum, self.depth = path, sha256_file(path), depth
         self.model = medicalnet_model(depth)
-        load_weights(self.model, medicalnet_state_dict(_unwrap(torch.load(path, map_location="cpu", weights_only=True), path)), source=str(path))
+        load_weights(self.model, medicalnet_state_dict(_unwrap(_load_weights_file(path, self.config_key), path)), source=str(path))
         self.model.eval().requires_grad_(False)
         self.input_norm, self.batch_size = input_norm, batch_size
 
@@ -296,7 +303,7 @@ class InceptionFeatures:
         self.path, self.checksum = path, sha256_file(path)
         self.model = inception_v3(weights=None, aux_logits=False, init_weights=False)
         self.model.fc = nn.Identity()
-        state = {k: v for k, v in _unwrap(torch.load(path, map_location="cpu", weights_only=True), path).items() if not k.startswith(("fc.", "AuxLogits."))}
+        state = {k: v for k, v in _unwrap(_load_weights_file(path, self.config_key), path).items() if not k.startswith(("fc.", "AuxLogits."))}
         load_weights(self.model, state, source=str(path))
         self.model.eval().requires_grad_(False)
         self.input_range, self.batch_size = input_range, batch_size

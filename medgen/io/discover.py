@@ -143,8 +143,13 @@ def discover_manifest(
     """
     label_of = label_of or (lambda label: label)
     base = tsv.parent
-    with tsv.open(newline="", encoding="utf-8") as fh:
-        rows = [row for row in csv.reader(fh, delimiter="\t") if row and any(c.strip() for c in row)]
+    try:
+        with tsv.open(newline="", encoding="utf-8") as fh:
+            rows = [row for row in csv.reader(fh, delimiter="\t") if row and any(c.strip() for c in row)]
+    except UnicodeDecodeError as exc:
+        from medgen.errors import CorruptFileError
+
+        raise CorruptFileError(f"{tsv}: the manifest is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as tab-separated UTF-8 text") from None
     rows = [row for row in rows if not row[0].lstrip().startswith("#")]
     if not rows:
         found.failed.append((tsv.name, "manifest is empty"))

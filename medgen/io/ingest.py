@@ -238,7 +238,7 @@ def _spacing(affine: np.ndarray) -> list[float]:
 def _nifti_job(src: Source, subject: str | None, options: IngestOptions) -> _Job:
     subject = subject or src.subject
     if not subject:
-        raise ValueError("no subject: pass subject= (--subject), use a BIDS-like name sub-<label>_<modality>.nii.gz or a manifest")
+        raise ValueError("no subject: pass --subject, use a BIDS-like name sub-<label>_<modality>.nii.gz or a manifest")
     if not src.modality:
         raise ValueError("no modality: name the file <...>_<modality>.nii.gz or use a manifest")
     paths = [src.path, src.path.resolve(), src.root, src.root.resolve()]

@@ -109,6 +109,11 @@ def load_nifti(
     if data.ndim != 3:
         raise NiftiError(f"{path}: expected a 3D volume, found shape {data.shape}")
     affine, notes = _choose_affine(img, path, form_mismatch)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])) < 1e-12:
+        raise NiftiError(
+            f"{path}: the voxel-to-world matrix (sform/qform) is singular or not finite, so the voxels have no place "
+            "in space; correct the header (e.g. re-export the image from its source) before using it"
+        )
     bad = ~np.isfinite(data)
     n_bad = int(bad.sum())
     if n_bad:

@@ -790,23 +790,22 @@ def _readable(path: Path) -> None:
 
 
 def report_main(results: Path, out: Path, config_path: Path | None = None) -> int:
-    """``medgen report``: build the report; 0 on success, 2 on bad arguments."""
+    """``medgen report``: build the report; returns 0 (failures raise errors of :mod:`medgen.errors`)."""
+    from medgen.errors import CorruptFileError, InputMissingError
+
     results = Path(results)
     if not results.is_dir():
-        print(f"medgen report: {results} is not a folder", file=sys.stderr)
-        return 2
+        raise InputMissingError(f"{results}: not a folder; pass the workflow's results folder to --results")
     config = None
     if config_path is not None:
-        try:
-            import yaml
+        import yaml
 
+        try:
             config = yaml.safe_load(Path(config_path).read_text()) or {}
-        except Exception as exc:
-            print(f"medgen report: cannot read {config_path}: {exc}", file=sys.stderr)
-            return 2
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise CorruptFileError(f"{config_path}: not a readable YAML config ({' '.join(str(exc).split())}); pass the workflow's config file") from None
         if not isinstance(config, dict):
-            print(f"medgen report: {config_path} is not a mapping", file=sys.stderr)
-            return 2
+            raise CorruptFileError(f"{config_path}: not a config (a YAML mapping of keys to values); pass the workflow's config file")
     path = build_report(results, Path(out), config=config)
     print(f"medgen report: wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

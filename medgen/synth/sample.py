@@ -331,7 +331,12 @@ def sample_to_files(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     task = trained.meta["task"]
     if task.get("kind") != "generation":
-        raise ValueError(f"model task {task.get('name')!r} is a {task.get('kind')!r} task, not generation")
+        from medgen.errors import ModalityMismatchError
+
+        raise ModalityMismatchError(
+            f"{_source_name(trained)}: model of task {task.get('name')!r} is a {task.get('kind')!r} model, not a generation model; "
+            "translate volumes with it (medgen translate), or pass a generation model's model.pt"
+        )
     out_dir = Path(out_dir)
     if task.get("condition") == "label_map":
         if label_maps is None or len(label_maps) == 0:

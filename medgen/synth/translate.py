@@ -27,6 +27,7 @@ from medgen.data.mask import head_mask
 from medgen.data.normalise import apply_normalisation, background_value, invert_normalisation, is_ct, make_mapping
 from medgen.data.preprocess import PreprocessConfig, resample_to, to_ras_grid
 from medgen.io.nifti import Volume, load_nifti, save_nifti
+from medgen.synth.input_checks import check_modality, range_warnings, write_sidecar
 
 if TYPE_CHECKING:  # the contract lives with the trainer; only its attributes are used here
     from medgen.train.run import TrainedModel
@@ -83,7 +84,12 @@ def _preprocess_options(meta: dict[str, Any]) -> dict[str, Any]:
 def _task_modalities(meta: dict[str, Any]) -> tuple[str, str]:
     task = meta.get("task") or {}
     if task.get("kind") != "translation":
-        raise ValueError(f"model task {task.get('name')!r} is a {task.get('kind')!r} task, not a translation")
+        from medgen.errors import ModalityMismatchError
+
+        raise ModalityMismatchError(
+            f"model {meta.get('model')!r} of task {task.get('name')!r} is a {task.get('kind')!r} model, not a translation model; "
+            "draw samples with it (medgen sample), or pass a translation model's model.pt"
+        )
     return str(task["source"]), str(task["target"])
 
 
@@ -240,6 +246,8 @@ def translate_volume(
     dicom: bool = False,
     progress: bool = True,
     uid_salt: str | None = None,
+    source_modality: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Translate the image at ``input_path`` (NIfTI file or single-series DICOM folder) with ``trained``.
 
@@ -248,6 +256,12 @@ def translate_volume(
     source pseudonymised with ``uid_salt``, the secret ingest used; needed with ``dicom``). ``axis``: slice axis of a 2D model
     (default: the training slice axis); ``overlap``: sliding-window overlap of a 3D model. The
     input is only read. Returns a summary: shape, affine, output range, units, seconds, ...
+
+    The input's modality (``source_modality``, else DICOM Modality, else the NIfTI's JSON
+    sidecar) must be the model's source unless ``force``
+    (:func:`medgen.synth.input_checks.check_modality`); the check and any warning about a field
+    of view or intensity range far from the training data's go into the sidecar written beside
+    the output (``<output>.json``).
     """
     t0 = time.perf_counter()
     meta = trained.meta
@@ -260,6 +274,7 @@ def translate_volume(
         raise ValueError("writing DICOM needs the pseudonym secret ingest used (MEDGEN_UID_SALT or --uid-salt-file)")
     torch_device = torch.device(device)
     volume, header = read_input(input_path)
+    modality_check = check_modality(input_path, header, source, target, given=source_modality, force=force)
 
     # Model grid: RAS at the training spacing, the whole field of view (no crop).
     grid = to_ras_grid(volume, tuple(float(s) for s in data["spacing"]))
@@ -267,6 +282,7 @@ def translate_volume(
     ras = np.asarray(grid[0], dtype=np.float32)
     mask, _ = head_mask(source, ras)
     source_map = make_mapping(source, ras, mask if mask.any() else None, **_preprocess_options(meta))
+    input_warnings = range_warnings(ras, mask, meta, source)
     x = apply_normalisation(ras, source_map)
     x_background = float(apply_normalisation(np.array([background_value(source)]), source_map)[0])
 
@@ -305,6 +321,11 @@ def translate_volume(
         "output_range": [float(out.min()), float(out.max())],
         "units": "HU" if is_ct(target) else MR_UNITS,
         "seconds": round(time.perf_counter() - t0, 3),
+        "modality_check": modality_check.record(),
+        "input_warnings": input_warnings,
     }
+    sidecar = {k: summary[k] for k in ("source", "target", "units", "modality_check", "input_warnings")}
+    sidecar["model"] = meta.get("model")
+    summary["sidecar"] = str(write_sidecar(output_path, dicom, sidecar))
     log.info("translated %s -> %s (%s, %.1f s)", input_path, output_path, summary["units"], summary["seconds"])
     return summary

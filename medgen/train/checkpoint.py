@@ -7,7 +7,6 @@ are stored in that form too (numpy's state as a list of ints, torch's as uint8 t
 
 from __future__ import annotations
 
-import pickle
 import random
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from medgen.io.atomic import TMP_SUFFIX as _TMP_SUFFIX
 from medgen.io.atomic import atomic_write_with
+from medgen.io.torch_load import ModelFileError, safe_load
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FINAL_NAME = "model.pt"
@@ -26,8 +26,8 @@ FINAL_FORMAT = "medgen-model"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be used (not a medgen file, refused by weights-only loading, ...)."""
+#: A checkpoint file cannot be used (not a medgen file, refused by weights-only loading, ...).
+CheckpointError = ModelFileError
 
 
 # --------------------------------------------------------------------------------------- writing
@@ -54,28 +54,29 @@ def remove_stale_temps(path: Path | str) -> list[Path]:
 def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu", expect: str = FORMAT) -> dict[str, Any]:
     """Load a medgen file with ``weights_only=True``; :class:`CheckpointError` if it is not one."""
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} is not a medgen checkpoint or was written by untrusted code: weights-only loading "
-            f"refused it ({_first_line(exc)}). medgen never unpickles arbitrary objects. If this is a run "
-            f"folder you want to restart, move or delete {path.name} (or choose another output folder); "
-            f"if you wrote the file yourself and trust it, re-save it as a plain dict of tensors."
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path} is unreadable or truncated ({_first_line(exc)}); move or delete it and restart") from exc
-    if not isinstance(obj, dict) or obj.get("format") != expect:
-        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path} is not a medgen {expect!r} file (found {found!r}); move or delete it, or choose another output folder")
+    obj = safe_load(path, what=_KINDS.get(expect, expect), remedy=_REMEDIES.get(expect, ""), map_location=map_location)
+    found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+    if found != expect:
+        if (found, expect) in _WRONG_KIND:
+            raise CheckpointError(f"{path} {_WRONG_KIND[found, expect]}")
+        raise CheckpointError(f"{path} is not a medgen {_KINDS.get(expect, expect)} (found {found!r}). {_REMEDIES.get(expect, '')}")
     if int(obj.get("version", -1)) > VERSION:
         raise CheckpointError(f"{path} was written by a newer medgen (format version {obj['version']} > {VERSION}); upgrade medgen")
     return obj
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+#: What each medgen format is called in messages, and what to do when such a file is unusable.
+_KINDS = {FORMAT: "training checkpoint", FINAL_FORMAT: "trained model (model.pt)"}
+_REMEDIES = {
+    FORMAT: f"To restart this run from scratch, pass --no-resume or move {CHECKPOINT_NAME} out of the run folder.",
+    FINAL_FORMAT: f"Pass the {FINAL_NAME} that medgen train wrote into its run folder (--out).",
+}
+_WRONG_KIND = {
+    (FORMAT, FINAL_FORMAT): f"is a training checkpoint (the state to resume training from), not a trained model; "
+                            f"pass {FINAL_NAME} from the same run folder (medgen train writes it when training finishes)",
+    (FINAL_FORMAT, FORMAT): f"is a trained model ({FINAL_NAME}), not a training checkpoint to resume from; "
+                            f"move it out of the run folder or pass --no-resume",
+}
 
 
 # ------------------------------------------------------------------------------------------ RNG

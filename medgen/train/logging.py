@@ -4,7 +4,10 @@ Only rank 0 creates a :class:`RunLogger` with ``enabled=True``; on other ranks e
 no-op. ``out_dir/log.jsonl`` holds one JSON object per logged step (``{"step": 10, "epoch": 0,
 "loss/d_loss": 0.69, "lr/g": 2e-4, "images_per_s": 512.0, ...}``) and is what later report stages
 plot; on resume from step ``s`` the lines with ``step > s`` (written after the checkpoint by the
-interrupted run) are dropped so that the file reads as one uninterrupted run.
+interrupted run) are dropped so that the file reads as one uninterrupted run. The same holds for
+the interrupted run's other leftovers: its TensorBoard events after ``s`` are removed from its
+event files and its sample grids after ``s`` are deleted. A fresh run in a reused folder starts
+with no log, events or grids of an earlier run.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class RunLogger:
             truncate_jsonl(log_path, resume_step)
         elif log_path.exists():
             log_path.unlink()  # a fresh run in a reused folder starts a fresh log
+        remove_leftovers(self.out_dir, after_step=-1 if resume_step is None else resume_step)
         self._jsonl = open(log_path, "a", encoding="utf-8")
         from torch.utils.tensorboard import SummaryWriter  # heavy import, only on rank 0
 
@@ -93,6 +97,63 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
         if int(record.get("step", -1)) <= max_step:
             kept.append(line)
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def _grid_step(path: Path) -> int | None:
+    try:
+        return int(path.stem.removeprefix("step_"))
+    except ValueError:
+        return None
+
+
+def remove_leftovers(out_dir: Path, *, after_step: int) -> list[Path]:
+    """Delete sample grids of steps ``> after_step`` and drop TensorBoard events of those steps
+    from the event files in ``out_dir`` (``after_step=-1``: everything of an earlier run).
+    Returns the files deleted or rewritten."""
+    out_dir = Path(out_dir)
+    touched = []
+    for grid in sorted((out_dir / SAMPLES_DIR).glob("step_*.png")):
+        step = _grid_step(grid)
+        if step is not None and step > after_step:
+            grid.unlink()
+            touched.append(grid)
+    for events in sorted((out_dir / TB_DIR).glob("events.out.tfevents.*")):
+        if after_step < 0:
+            events.unlink()
+            touched.append(events)
+        elif truncate_events(events, after_step):
+            touched.append(events)
+    return touched
+
+
+def truncate_events(path: Path, max_step: int) -> bool:
+    """Rewrite the TensorBoard event file ``path`` without its events of steps ``> max_step``
+    (atomically; a record torn by a kill ends the file). True if anything was dropped.
+
+    TensorBoard's ``purge_step`` only hides such events when the files are read by TensorBoard
+    itself; rewriting the file removes them for every reader.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    kept, dropped = [], 0
+    for record in RawEventFileLoader(str(path)).Load():
+        event = event_pb2.Event.FromString(record)
+        if event.step > max_step:
+            dropped += 1
+        else:
+            kept.append(record)
+    if not dropped:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        writer = RecordWriter(fh)
+        for record in kept:
+            writer.write(record)
+        writer.flush()
+    os.replace(tmp, path)
+    return True
 
 
 def _json_float(value: float) -> float | None:

@@ -29,6 +29,7 @@ import torch
 from medgen import __version__
 from medgen.data.splits import read_split
 from medgen.data.tasks import task_dataset, with_augmentation
+from medgen.errors import OptionError
 from medgen.models.base import GenerativeModel
 from medgen.models.registry import MODELS, build_model
 from medgen.train import checkpoint as ckpt
@@ -87,6 +88,37 @@ def _fill_shape_options(name: str, options: dict[str, Any], sample: Mapping[str,
     return options
 
 
+#: options medgen's training adds to a model's own (``spatial_dims``, ``patch_size`` of 3D models)
+ENGINE_OPTIONS = frozenset({"spatial_dims", "patch_size"})
+
+
+def _check_option_names(model_name: str, options: Mapping[str, Any]) -> None:
+    """:class:`OptionError` naming unknown option keys and the valid ones, before anything is built."""
+    valid = [f.name for f in dataclasses.fields(MODELS[model_name].config_class)]
+    unknown = sorted(set(options) - set(valid) - ENGINE_OPTIONS)
+    if unknown:
+        raise OptionError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for model {model_name!r} (--options-json, or the "
+            f"model's entry under tasks.<task>.models in the config); valid options: {', '.join(sorted({*valid, *ENGINE_OPTIONS}))}"
+        )
+
+
+#: keys a task must have, by kind
+TASK_KEYS = {"generation": ("modalities",), "translation": ("source", "target")}
+
+
+def _check_task(task: Mapping[str, Any]) -> None:
+    """:class:`OptionError` for a task description (``--task-json`` / ``tasks.<name>``) that lacks what its kind needs."""
+    kind = task.get("kind")
+    if kind not in TASK_KEYS:
+        raise OptionError(f"--task-json: 'kind' must be 'generation' or 'translation', got {kind!r}")
+    missing = [key for key in TASK_KEYS[kind] if not task.get(key)]
+    if missing:
+        raise OptionError(f"--task-json: a {kind} task needs {', '.join(map(repr, missing))}, e.g. "
+                          + ('{"kind": "translation", "source": "T1w", "target": "CT"}' if kind == "translation"
+                             else '{"kind": "generation", "modalities": ["T1w"]}'))
+
+
 def train_task(
     *,
     prep_root: Path | str,
@@ -102,8 +134,14 @@ def train_task(
     prep_root = Path(prep_root)
     if model_name not in MODELS:
         raise KeyError(f"unknown model {model_name!r}; valid models: {', '.join(sorted(MODELS))}")
+    # Everything random (the dataset's draws, the model's initial weights, augmentation, noise)
+    # is created after this point, so the seed alone decides a fresh run. The trainer seeds again
+    # (per rank) before the first step, or restores the checkpoint's RNG states on resume.
+    ckpt.seed_everything(train_cfg.seed)
     subjects = read_split(split_path)["train"]
     options = dict(options)
+    _check_option_names(model_name, options)
+    _check_task(task)
     spatial_dims = int(options.setdefault("spatial_dims", 2))
     patch_size = options.pop("patch_size", None) if spatial_dims == 3 else None
     dataset = task_dataset(task, prep_root, subjects, model_paired=model_name in PAIRED_MODELS, spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed)
