@@ -107,6 +107,8 @@ def _train(args: argparse.Namespace) -> int:
             train_cfg=cfg,
             extra_manifests=args.extra_data or (),
             resume=not args.no_resume,
+            on_mismatch=args.on_mismatch,
+            restart=args.restart,
         )
     except NonFiniteLossError as exc:
         print(f"medgen train: error: {exc}", file=sys.stderr)
@@ -255,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
+    p.add_argument("--restart", action="store_true",
+                   help="move the previous run's checkpoint.pt, model.pt and log.jsonl aside (*.stale-<n>.*) and train from scratch")
+    p.add_argument("--on-mismatch", choices=("refuse", "restart"), default="refuse",
+                   help="when OUT/checkpoint.pt belongs to a different run (model, options, task, split, preprocessing, "
+                        "data, batch size, seed): refuse with a message (default) or move it aside and train from scratch")
     p.set_defaults(handler=_train)
 
     p = verbs.add_parser("sample", help="draw samples of a trained model as NIfTI + PNG grid + manifest")
