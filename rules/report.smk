@@ -20,4 +20,4 @@ rule report:
         from pathlib import Path
 
         Path(params.config_file).write_text(yaml.safe_dump(config, sort_keys=False))
-        shell("medgen report --results {params.results} --out {output} --config {params.config_file} > {log} 2>&1")
+        shell(MEDGEN + " report --results {params.results} --out {output} --config {params.config_file} > {log} 2>&1")

@@ -14,5 +14,5 @@ rule split:
         mem_mb=500,
         runtime=5,
     shell:
-        "medgen split --subjects {params.subjects} --out {output} --seed {params.s[seed]}"
+        MEDGEN + " split --subjects {params.subjects} --out {output} --seed {params.s[seed]}"
         " --fractions {params.s[fractions][0]} {params.s[fractions][1]} {params.s[fractions][2]} > {log} 2>&1"

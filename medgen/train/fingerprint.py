@@ -98,7 +98,8 @@ def differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) 
         if a == b:
             continue
         if part == "data":
-            lines.append(_data_difference(a or {}, b or {}))
+            line = _data_difference(a or {}, b or {})
+            lines.extend([line] if line else [])
         elif part == "split":
             lines.extend(_split_differences(a or {}, b or {}))
         elif isinstance(a, dict) and isinstance(b, dict):
@@ -133,8 +134,13 @@ def _split_differences(a: Mapping[str, list], b: Mapping[str, list]) -> list[str
     return lines
 
 
-def _data_difference(a: Mapping[str, str], b: Mapping[str, str]) -> str:
-    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+def _data_difference(a: Mapping[str, str], b: Mapping[str, str]) -> str | None:
+    """Files of subjects read by both runs whose checksums differ (or that one run lacks); a
+    subject that joined or left the run is the split's difference, reported there."""
+    common = {k.split("/")[0] for k in a} & {k.split("/")[0] for k in b}
+    changed = sorted(k for k in set(a) | set(b) if k.split("/")[0] in common and a.get(k) != b.get(k))
+    if not changed:
+        return None
     shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
     return f"data: {len(changed)} preprocessed file(s) differ ({shown})"
 
