@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Sequence
 
 _FAILED_LOG = re.compile(r"^\s*log: (.+?) \(check log file\(s\) for error details\)\s*$", re.MULTILINE)
 
 
-def failed_job_logs(run_log: str | Path | None) -> list[Path]:
-    """Job logs named as failed in Snakemake's run log ``run_log``, in order, without repeats."""
-    if not run_log or not Path(run_log).is_file():
+def failed_job_logs(run_logs: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """Job logs named as failed in Snakemake's run log(s) (what ``onerror`` receives: one path
+    or, in Snakemake 9, a list), in order, without repeats."""
+    if run_logs is None:
         return []
-    text = Path(run_log).read_text(errors="replace")
+    if isinstance(run_logs, (str, Path)):
+        run_logs = [run_logs]
+    text = "\n".join(Path(p).read_text(errors="replace") for p in run_logs if p and Path(p).is_file())
     found: list[Path] = []
     for match in _FAILED_LOG.finditer(text):
         for name in match.group(1).split(", "):

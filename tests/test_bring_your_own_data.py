@@ -88,7 +88,8 @@ def plain_shell_env() -> dict[str, str]:
 
 def run_readme_command(clone: Path, *extra: str) -> subprocess.CompletedProcess:
     # The README: `.venv/bin/snakemake --cores 8 --configfile my_study.yaml` (2 cores here).
-    return subprocess.run([".venv/bin/snakemake", "--cores", "2", "--configfile", "my_study.yaml", *extra],
+    # (extra arguments go before --configfile, which takes several values)
+    return subprocess.run([".venv/bin/snakemake", "--cores", "2", *extra, "--configfile", "my_study.yaml"],
                           cwd=clone, env=plain_shell_env(), capture_output=True, text=True, timeout=1500)
 
 
@@ -127,3 +128,22 @@ def test_readme_command_runs_a_package_data_study_from_a_plain_shell(tmp_path):
 
 def _split_of(subjects: list[str], seed: int) -> dict:
     return dict(make_split(subjects, fractions=(0.34, 0.33, 0.33), seed=seed))
+
+
+def test_failed_job_shows_the_end_of_its_log_on_the_console(tmp_path):
+    # a file whose header reads but whose voxels were cut off: only the ingest job finds out
+    data = tmp_path / "study" / "data"
+    data.mkdir(parents=True)
+    whole = ANATOMICAL.read_bytes()
+    (data / "cut.nii").write_bytes(whole[: len(whole) // 2])
+    manifest = tmp_path / "study" / "manifest.tsv"
+    manifest.write_text("subject\tmodality\tpath\ncut\tT1w\tdata/cut.nii\n")
+    clone = checkout(tmp_path)
+    config = {**study_config(manifest), "split": {"fractions": [1.0, 0.0, 0.0]}}
+    (clone / "my_study.yaml").write_text(yaml.safe_dump(config))
+    res = run_readme_command(clone, "results/nifti/cut/T1w.nii.gz")
+    assert res.returncode != 0
+    log = clone / "results" / "logs" / "ingest" / "cut.log"
+    tail = log.read_text().splitlines()[-3:]
+    assert f"last " in res.stderr and str(log.relative_to(clone)) in res.stderr
+    assert all(line in res.stderr for line in tail if line.strip()), (tail, res.stderr[-3000:])
