@@ -6,6 +6,7 @@ import sys
 
 import yaml
 
+from pipeline.checks import check_input_data
 from pipeline.config import validate_config
 from pipeline.subjects import subjects_of, ingest_inputs
 
@@ -16,6 +17,9 @@ if not config:
 
 try:
     config = validate_config(config)
+    # Input files checked at the door (once, by the main process; not again inside each job).
+    if workflow.is_main_process:
+        check_input_data(config)
 except ValueError as exc:
     raise WorkflowError(str(exc)) from None
 
