@@ -73,6 +73,10 @@ def _split(args: argparse.Namespace) -> int:
     from medgen.data.splits import make_split, write_split
 
     split = make_split(args.subjects, fractions=tuple(args.fractions), seed=args.seed)
+    if args.prep_root is not None:
+        from medgen.data.usable import check_split_subjects
+
+        check_split_subjects(args.prep_root, split)
     write_split(split, args.out)
     print(f"split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f" subjects -> {args.out}")
     return 0
@@ -235,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prep-root", type=Path, help="preprocessed subjects: refuse a split whose subjects have no slice usable for their role")
     p.set_defaults(handler=_split)
 
     p = verbs.add_parser("train", help="train one model of one task (resumes from OUT/checkpoint.pt)")

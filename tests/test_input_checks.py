@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import yaml
 
+from medgen.data.splits import read_split
 from pipeline.checks import input_problems
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,3 +84,25 @@ def test_workflow_stops_before_any_job_with_every_problem(tmp_path):
     assert "input data: 4 problem(s) found before any job ran" in res.stderr
     assert str(tmp_path / "study" / "b_ct_missing.nii.gz") in res.stderr and "subject D has no row" in res.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_split_names_a_test_subject_without_usable_slices(tiny_cohort, tmp_path, capsys):
+    from medgen.cli import main
+
+    prep = tmp_path / "prep"
+    shutil.copytree(tiny_cohort["prep"], prep)
+    subjects = sorted(p.name for p in prep.iterdir())
+    args = ["split", "--subjects", *subjects, "--out", str(tmp_path / "splits.json"), "--fractions", "0.5", "0.25", "0.25", "--prep-root", str(prep)]
+    assert main(args) == 0  # the phantom's heads fill their slices
+    test_subject = read_split(tmp_path / "splits.json")["test"][0]
+    (tmp_path / "splits.json").unlink()
+    # a head 4x4 voxels wide in a 32x32 grid: 1.6% of a slice at most, below evaluation's 15%
+    mask_path = prep / test_subject / "mask.nii.gz"
+    mask = nib.load(mask_path)
+    small = np.zeros(mask.shape, dtype=np.uint8)
+    small[14:18, 14:18, 10:20] = 1
+    nib.save(nib.Nifti1Image(small, mask.affine), mask_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"test subject {test_subject}: no axial slice of {mask_path} has 15% head mask (largest 1.6%)" in err
+    assert not (tmp_path / "splits.json").exists()
