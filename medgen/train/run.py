@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from medgen import __version__
+from medgen.data.normalise import is_ct
+from medgen.data.scale_relation import fit_scale_relation
 from medgen.data.splits import read_split
 from medgen.data.tasks import task_dataset, with_augmentation
 from medgen.models.base import GenerativeModel
@@ -67,6 +69,12 @@ def _median_mappings(prep_root: Path, subjects: Sequence[str], modalities: Seque
         mapping["method"] = f"{mapping.get('method', 'linear')} (median of {len(per_subject)} training subjects)"
         mappings[mod] = mapping
     return mappings, docs[0]
+
+
+def _scale_relation(prep_root: Path, subjects: Sequence[str], source: str, target: str) -> dict[str, Any]:
+    """The cohort's relation between source and target MR scales (medgen.data.scale_relation)."""
+    docs = [json.loads((prep_root / s / "normalisation.json").read_text())["normalisation"] for s in subjects]
+    return fit_scale_relation(subjects, [d[source] for d in docs], [d[target] for d in docs])
 
 
 def _task_modalities(task: Mapping[str, Any]) -> list[str]:
@@ -144,6 +152,8 @@ def train_task(
         },
         "medgen_version": __version__,
     }
+    if task["kind"] == "translation" and not is_ct(task["source"]) and not is_ct(task["target"]):
+        meta["data"]["scale_relation"] = _scale_relation(prep_root, subjects, task["source"], task["target"])
     meta["fingerprint"] = fp.run_fingerprint(
         model=model_name,
         options=options,
