@@ -147,3 +147,20 @@ def test_failed_job_shows_the_end_of_its_log_on_the_console(tmp_path):
     tail = log.read_text().splitlines()[-3:]
     assert f"last " in res.stderr and str(log.relative_to(clone)) in res.stderr
     assert all(line in res.stderr for line in tail if line.strip()), (tail, res.stderr[-3000:])
+
+
+def test_every_job_runs_the_medgen_of_the_snakemake_python(tmp_path):
+    manifest = write_package_data_study(tmp_path / "study")
+    clone = checkout(tmp_path)
+    config = study_config(manifest)
+    config["train"]["gpus"] = 2  # multi-GPU training goes through torch.distributed.run, not a `torchrun` on PATH
+    (clone / "my_study.yaml").write_text(yaml.safe_dump(config))
+    res = run_readme_command(clone, "-n", "-p")
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = res.stdout + res.stderr
+    commands = [line.strip().removeprefix("Shell command:").strip() for line in text.splitlines() if "-m medgen.cli" in line]
+    assert len(commands) >= 10, text[-3000:]  # ingest x3, preprocess x3, split, encoder, train, sample, evaluate
+    # the interpreter of the environment's bin/ folder (the one .venv/bin/snakemake runs on)
+    assert all(Path(c.split()[0]).parent == Path(sys.executable).parent for c in commands), commands
+    assert any(f"-m torch.distributed.run --standalone --nproc_per_node 2 -m medgen.cli train" in c for c in commands)
+    assert not any(line.strip().startswith(("medgen ", "torchrun ")) for line in text.splitlines())
