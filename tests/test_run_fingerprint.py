@@ -126,3 +126,24 @@ def test_killed_run_resumes(tiny_cohort, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoint.pt'} at step {killed_at}" in resumed.stderr
     assert _step(run / "checkpoint.pt") == killed_at + 1 and not list(run.glob("*.stale-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_changed_option_restarts_under_torchrun(tiny_cohort, tmp_path):
+    """Two ranks decide alike: only rank 0 moves the old run aside, neither resumes it."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MEDGEN_NO_PROGRESS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+    def torchrun(options: dict) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "medgen.cli",
+               *_train_args(tiny_cohort["prep"], tiny_cohort["split"], run, options, 2, "--on-mismatch", "restart")]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+    first = torchrun(PIX2PIX)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = torchrun({**PIX2PIX, "ngf": 8})
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.count("moved it aside") == 1 and "resumed from" not in second.stderr
+    assert sorted(p.name for p in run.glob("*.stale-*")) == ["checkpoint.stale-1.pt", "log.stale-1.jsonl", "model.stale-1.pt"]
+    assert torch.load(run / "model.pt", weights_only=True)["config"]["options"]["ngf"] == 8
