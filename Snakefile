@@ -2,10 +2,12 @@
 # -> trained models -> samples and translated volumes -> metrics -> report.html.
 # Every rule calls the `medgen` command line; pipeline/ computes subjects and file names.
 import shlex
+import sys
 
 import yaml
 
 from medgen.io.secret import DEMO_SECRET, SecretMissing, load_secret
+from pipeline.checks import check_input_data
 from pipeline.config import validate_config
 from pipeline.subjects import ingest_inputs, needs_secret, subject_sources, write_subject_mapping
 
@@ -16,8 +18,18 @@ if not config:
 
 try:
     config = validate_config(config)
+    # Input files checked at the door (once, by the main process; not again inside each job).
+    if workflow.is_main_process:
+        check_input_data(config)
 except ValueError as exc:
     raise WorkflowError(str(exc)) from None
+
+# Every rule runs the medgen of the Python that runs this workflow (`.venv/bin/snakemake` ->
+# `.venv/bin/python -m medgen.cli`), so no environment needs activating and no other `medgen` on
+# PATH is picked up. SLURM jobs run the same interpreter path (a shared filesystem). Braces are
+# doubled because Snakemake formats each shell command.
+PYTHON = shlex.quote(sys.executable).replace("{", "{{").replace("}", "}}")
+MEDGEN = f"{PYTHON} -m medgen.cli"
 
 RESULTS = config["results"]
 MODALITIES = config["modalities"]
@@ -78,3 +90,11 @@ rule all:
         f"{RESULTS}/splits.json",
         f"{RESULTS}/report.html",
     default_target: True
+
+
+# A failed job's console message names its log; print the end of each such log as well.
+from pipeline.failed_logs import failed_job_logs, log_tail
+
+onerror:
+    for path in failed_job_logs(log):
+        print(log_tail(path), file=sys.stderr)

@@ -116,6 +116,10 @@ def _split(args: argparse.Namespace) -> int:
 
     check_output_path(args.out, "file")
     split = make_split(args.subjects, fractions=tuple(args.fractions), seed=args.seed)
+    if args.prep_root is not None:
+        from medgen.data.usable import check_split_subjects
+
+        check_split_subjects(args.prep_root, split)
     write_split(split, args.out)
     print(f"split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f" subjects -> {args.out}")
     return 0
@@ -150,6 +154,8 @@ def _train(args: argparse.Namespace) -> int:
         train_cfg=cfg,
         extra_manifests=args.extra_data or (),
         resume=not args.no_resume,
+        on_mismatch=args.on_mismatch,
+        restart=args.restart,
     )
     print(f"train: {args.model} -> {path}")
     return 0
@@ -289,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prep-root", type=Path, help="preprocessed subjects: refuse a split whose subjects have no slice usable for their role")
     p.set_defaults(handler=_split)
 
     p = verbs.add_parser("train", help="train one model of one task (resumes from OUT/checkpoint.pt)")
@@ -311,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
+    p.add_argument("--restart", action="store_true",
+                   help="move the previous run's checkpoint.pt, model.pt and log.jsonl aside (*.stale-<n>.*) and train from scratch")
+    p.add_argument("--on-mismatch", choices=("refuse", "restart"), default="refuse",
+                   help="when OUT/checkpoint.pt belongs to a different run (model, options, task, split, preprocessing, "
+                        "data, batch size, seed): refuse with a message (default) or move it aside and train from scratch")
     p.set_defaults(handler=_train)
 
     p = verbs.add_parser("sample", help="draw samples of a trained model as NIfTI + PNG grid + manifest")

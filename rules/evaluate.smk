@@ -23,7 +23,7 @@ rule encoder:
         mem_mb=4000,
         runtime=60,
     shell:
-        "medgen encoder --prep-root {params.prep} --split {input.split} --modalities {params.modalities}"
+        MEDGEN + " encoder --prep-root {params.prep} --split {input.split} --modalities {params.modalities}"
         " --out {output} --steps {params.steps} --seed {params.seed} > {log} 2>&1"
 
 
@@ -71,5 +71,5 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     shell:
-        "medgen evaluate {params.args} --model {wildcards.model} --prep-root {params.prep} --split {input.split}"
+        MEDGEN + " evaluate {params.args} --model {wildcards.model} --prep-root {params.prep} --split {input.split}"
         " --out {output} --seed {params.seed} > {log} 2>&1"

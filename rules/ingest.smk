@@ -25,7 +25,7 @@ rule ingest:
         mem_mb=4000,
         runtime=20,
     shell:
-        "medgen ingest {input} --out {params.out} --subject {wildcards.subject} --modalities {params.modalities}"
+        MEDGEN + " ingest {input} --out {params.out} --subject {wildcards.subject} --modalities {params.modalities}"
         " --on-tilt {params.opts[on_tilt]} --on-uneven {params.opts[on_uneven]}"
         " {params.secret} --nonfinite {params.opts[nonfinite]}"
         " --form-mismatch {params.opts[form_mismatch]} --min-slices {params.opts[min_slices]}"

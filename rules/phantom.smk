@@ -15,5 +15,5 @@ rule phantom:
         mem_mb=2000,
         runtime=10,
     shell:
-        "medgen phantom --out {params.out} --subjects {params.cfg[subjects]} --seed {params.cfg[seed]}"
+        MEDGEN + " phantom --out {params.out} --subjects {params.cfg[subjects]} --seed {params.cfg[seed]}"
         " --spacing {params.cfg[spacing_mm]} --only {wildcards.subject} > {log} 2>&1"

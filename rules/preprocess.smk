@@ -31,7 +31,7 @@ rule preprocess:
         mem_mb=4000,
         runtime=20,
     shell:
-        "medgen preprocess --input-dir {params.indir} --modalities {params.modalities} --out {params.outdir}"
+        MEDGEN + " preprocess --input-dir {params.indir} --modalities {params.modalities} --out {params.outdir}"
         " --spacing {params.p[spacing][0]} {params.p[spacing][1]} {params.p[spacing][2]}"
         " --size {params.p[size][0]} {params.p[size][1]} {params.p[size][2]}"
         " --mr-norm {params.p[mr_norm]} --mr-percentiles {params.p[mr_percentiles][0]} {params.p[mr_percentiles][1]}"

@@ -21,4 +21,4 @@ rule report:
         from medgen.io.secret import public_config
 
         atomic_write_text(params.config_file, yaml.safe_dump(public_config(config), sort_keys=False))
-        shell("medgen report --results {params.results} --out {output} --config {params.config_file} > {log} 2>&1")
+        shell(MEDGEN + " report --results {params.results} --out {output} --config {params.config_file} > {log} 2>&1")

@@ -31,4 +31,4 @@ rule sample:
         mem_mb=4000,
         runtime=30,
     shell:
-        "medgen sample --checkpoint {input.model} --n {params.n} --out {params.out} --seed {params.seed} --temperature {params.temperature} {params.labels} > {log} 2>&1"
+        MEDGEN + " sample --checkpoint {input.model} --n {params.n} --out {params.out} --seed {params.seed} --temperature {params.temperature} {params.labels} > {log} 2>&1"

@@ -7,6 +7,7 @@ rule split:
         f"{RESULTS}/splits.json",
     params:
         subjects=" ".join(SUBJECTS),
+        prep=f"{RESULTS}/prep",
         s=config["split"],
     log:
         f"{RESULTS}/logs/split.log",
@@ -14,5 +15,5 @@ rule split:
         mem_mb=500,
         runtime=5,
     shell:
-        "medgen split --subjects {params.subjects} --out {output} --seed {params.s[seed]}"
+        MEDGEN + " split --subjects {params.subjects} --out {output} --seed {params.s[seed]} --prep-root {params.prep}"
         " --fractions {params.s[fractions][0]} {params.s[fractions][1]} {params.s[fractions][2]} > {log} 2>&1"

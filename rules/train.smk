@@ -1,10 +1,13 @@
 # One training job per (task, model). Only model.pt is declared: checkpoint.pt beside it is the
-# resumable state, which Snakemake must not delete when a job fails or is killed.
+# resumable state, which Snakemake must not delete when a job fails or is killed. The job resumes
+# it only if it records this run's fingerprint (model, options, task, split, preprocessing, data);
+# a checkpoint of another run is moved aside (checkpoint.stale-<n>.pt) and training starts afresh.
 from pipeline.targets import model_options_json, task_json, train_setting
 
-# Several GPUs of one node: one process per GPU through torchrun (gradients averaged each step).
+# Several GPUs of one node: one process per GPU through torchrun (gradients averaged each step),
+# started as a module of the same Python as MEDGEN (no `torchrun` on PATH needed).
 _GPUS = config["train"]["gpus"]
-_MEDGEN_TRAIN = f"torchrun --standalone --nproc_per_node {_GPUS} -m medgen.cli train" if _GPUS > 1 else "medgen train"
+_MEDGEN_TRAIN = f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {_GPUS} -m medgen.cli train" if _GPUS > 1 else f"{MEDGEN} train"
 
 
 rule train:
@@ -35,4 +38,4 @@ rule train:
         " --model {wildcards.model} --options-json {params.options:q} --out {params.out}"
         " --steps {params.steps} --batch-size {params.batch} --seed {params.t[seed]} --device {params.t[device]}"
         " --ckpt-every {params.t[ckpt_every]} --log-every {params.t[log_every]} --image-every {params.t[image_every]}"
-        " --ema-decay {params.t[ema_decay]}{params.flags} > {log} 2>&1"
+        " --ema-decay {params.t[ema_decay]}{params.flags} --on-mismatch restart > {log} 2>&1"

@@ -15,4 +15,4 @@ rule translate:
         mem_mb=4000,
         runtime=30,
     shell:
-        "medgen translate --checkpoint {input.model} --input {input.image} --output {output} > {log} 2>&1"
+        MEDGEN + " translate --checkpoint {input.model} --input {input.image} --output {output} > {log} 2>&1"

@@ -57,12 +57,17 @@ def test_default_dag(tmp_path):
 
 
 def test_dag_for_each_user_data_source(tmp_path):
+    # the files pass the door checks (they exist and hold 3D volumes); -n runs no job on them
+    volume = nib.Nifti1Image(np.zeros((4, 4, 4), dtype=np.float32), np.eye(4))
     for name in ("patA", "patB", "patC", "patD"):
         (tmp_path / "dicom" / name).mkdir(parents=True)
+        (tmp_path / "dicom" / name / "1.dcm").write_bytes(b"")
     for sub in ("sub-01", "sub-02", "sub-03"):
         anat = tmp_path / "bids" / sub / "anat"
         anat.mkdir(parents=True)
-        (anat / f"{sub}_T1w.nii.gz").write_bytes(b"")
+        nib.save(volume, anat / f"{sub}_T1w.nii.gz")
+    for name in "abc":
+        nib.save(volume, tmp_path / f"{name}.nii.gz")
     (tmp_path / "m.tsv").write_text("subject\tmodality\tpath\nS1\tT1w\ta.nii.gz\nS2\tT1w\tb.nii.gz\nS3\tT1w\tc.nii.gz\n")
     for data, n in (({"dicom_root": "dicom"}, 4), ({"bids_root": "bids"}, 3), ({"manifest": "m.tsv"}, 3)):
         res = _snakemake(tmp_path, {"data": data, "modalities": ["T1w"]}, "-n")

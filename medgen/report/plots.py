@@ -95,6 +95,12 @@ def _display_window(modality: str, data: np.ndarray) -> tuple[float, float]:
     return lo, hi if hi > lo else lo + 1.0
 
 
+def panel_windows(source_name: str, target_name: str, source: np.ndarray, output: np.ndarray, truth: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """Display windows of input, output and truth: each image windowed on its own (CT in HU at
+    the shared :data:`CT_WINDOW`, other images at their own 1st/99.5th percentiles)."""
+    return _display_window(source_name, source), _display_window(target_name, output), _display_window(target_name, truth)
+
+
 def _error_limit(error: np.ndarray) -> float:
     """Symmetric colour limit of an error map: the 99th percentile of ``|error|``."""
     limit = float(np.percentile(np.abs(error), 99)) if error.size else 1.0
@@ -126,20 +132,22 @@ def translation_panel(
 ) -> Path:
     """Input | output | ground truth | error (output − truth) for mid slices of each view.
 
-    The three volumes must share a grid. CT is shown at :data:`CT_WINDOW`; the error map uses a
+    The three volumes must share a grid. CT is shown at :data:`CT_WINDOW`; every other image at its
+    own percentiles (:func:`panel_windows`), so that an output on another scale than its truth is
+    still visible (the error map shows the difference in scale); the error map uses a
     diverging colormap, symmetric about zero, with a colourbar (HU for CT)."""
     src, out, ref = (_canonical(p) for p in (source, output, truth))
     if out.shape != ref.shape:
         raise ValueError(f"output {out.shape} and ground truth {ref.shape} are not on the same grid")
     error = out - ref
-    src_win, tgt_win = _display_window(source_name, src), _display_window(target_name, ref)
+    src_win, out_win, ref_win = panel_windows(source_name, target_name, src, out, ref)
     limit = _error_limit(error)
     units = "HU" if target_name.upper() == "CT" else "a.u."
     aspects = _aspects(_zooms(truth), views)
     columns = (
         (f"input ({source_name})", src, "gray", src_win),
-        (f"output ({target_name})", out, "gray", tgt_win),
-        (f"ground truth ({target_name})", ref, "gray", tgt_win),
+        (f"output ({target_name})", out, "gray", out_win),
+        (f"ground truth ({target_name})", ref, "gray", ref_win),
         (f"error ({units})", error, "RdBu_r", (-limit, limit)),
     )
     fig, axes = plt.subplots(len(views), 4, figsize=(10.5, 2.7 * len(views) + 0.4), squeeze=False)

@@ -4,8 +4,9 @@ The input is taken through exactly the steps preprocessing applies to a training
 the crop: RAS + the model's voxel spacing (MONAI), head mask of the source modality, and a
 normalisation mapping fitted on this subject (:func:`medgen.data.normalise.make_mapping`). The
 model runs over the whole RAS volume (2D models slice by slice, 3D models by sliding window),
-its output goes back to original units through the training cohort's target mapping, the
-background outside the head is set to air (CT) or 0 (MR), and the result is resampled onto the
+its output goes back to original units (CT: HU through the fixed window; MR from an MR source:
+the input subject's own scale, :mod:`medgen.data.scale_relation`; otherwise the training
+cohort's median target scale), the background outside the head is set to air (CT) or 0 (MR), and the result is resampled onto the
 input's own voxel grid, so that it overlays the input in any viewer.
 """
 
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from medgen.data.mask import head_mask
 from medgen.data.normalise import apply_normalisation, background_value, invert_normalisation, is_ct, make_mapping
 from medgen.data.preprocess import PreprocessConfig, resample_to, to_ras_grid
+from medgen.data.scale_relation import subject_target_mapping
 from medgen.io.nifti import Volume, load_nifti, save_nifti
 from medgen.synth.input_checks import check_modality, range_warnings, write_sidecar
 
@@ -34,10 +36,13 @@ if TYPE_CHECKING:  # the contract lives with the trainer; only its attributes ar
 
 log = logging.getLogger(__name__)
 
-__all__ = ["translate_volume", "read_input", "run_2d", "run_3d", "MR_UNITS", "DEFAULT_SIZE_MULTIPLE"]
+__all__ = ["translate_volume", "read_input", "run_2d", "run_3d", "MR_UNITS", "MR_SUBJECT_UNITS", "DEFAULT_SIZE_MULTIPLE"]
 
-#: Units of an MR output: the target mapping is the median over the training subjects.
+#: Units of an MR output whose model has no scale relation (e.g. CT -> MR): the target mapping
+#: is the median over the training subjects.
 MR_UNITS = "a.u. (training-cohort median scale)"
+#: Units of an MR output from an MR input: the input's own source scale x the cohort's ratio.
+MR_SUBJECT_UNITS = "a.u. (input subject's scale: its source scale x training-cohort target/source ratio)"
 #: Slice sides are padded to a multiple of this when the model does not declare ``size_multiple``.
 DEFAULT_SIZE_MULTIPLE = 16
 
@@ -210,6 +215,17 @@ def _reference(shape: tuple[int, ...], affine: np.ndarray) -> MetaTensor:
     return MetaTensor(torch.zeros((1, *shape), dtype=torch.float32), affine=torch.as_tensor(affine, dtype=torch.float64))
 
 
+def _target_mapping(data: dict[str, Any], source_map: dict[str, Any], target: str) -> tuple[dict[str, Any], str]:
+    """The normalisation that takes the output back to units, and what those units are."""
+    cohort = data["mappings"][target]
+    if is_ct(target):
+        return cohort, "HU"
+    relation = data.get("scale_relation")
+    if relation is None or source_map.get("units") == "HU":  # no relation was fitted (e.g. CT -> MR)
+        return cohort, MR_UNITS
+    return subject_target_mapping(cohort, relation, source_map), MR_SUBJECT_UNITS
+
+
 def _to_input_grid(array: np.ndarray, ras_affine: np.ndarray, volume: Volume) -> np.ndarray:
     """Resample (linear) from the RAS model grid onto exactly the input's voxel grid."""
     out = resample_to(array, ras_affine, _reference(volume.array.shape, volume.affine))
@@ -302,7 +318,7 @@ def translate_volume(
     else:
         raise ValueError(f"spatial_dims must be 2 or 3, got {dims}")
 
-    target_map = data["mappings"][target]
+    target_map, units = _target_mapping(data, source_map, target)
     y_units = invert_normalisation(y, target_map)
     if mask.any():  # an empty mask (blank input) was already warned about; then nothing is blanked
         y_units = np.where(mask.astype(bool), y_units, np.float32(background_value(target))).astype(np.float32)
@@ -319,7 +335,8 @@ def translate_volume(
         "model_grid": {"shape": list(ras.shape), "spacing": [float(s) for s in data["spacing"]], "spatial_dims": dims},
         "head_voxels": int(mask.sum()),
         "output_range": [float(out.min()), float(out.max())],
-        "units": "HU" if is_ct(target) else MR_UNITS,
+        "units": units,
+        "target_mapping": {k: target_map[k] for k in ("scale", "offset") if k in target_map},
         "seconds": round(time.perf_counter() - t0, 3),
         "modality_check": modality_check.record(),
         "input_warnings": input_warnings,

@@ -27,12 +27,16 @@ import numpy as np
 import torch
 
 from medgen import __version__
+from medgen.data.normalise import is_ct
+from medgen.data.scale_relation import fit_scale_relation
 from medgen.data.splits import read_split
 from medgen.data.tasks import task_dataset, with_augmentation
 from medgen.errors import OptionError
 from medgen.models.base import GenerativeModel
 from medgen.models.registry import MODELS, build_model
 from medgen.train import checkpoint as ckpt
+from medgen.train import fingerprint as fp
+from medgen.train.distributed import env_from_environment
 from medgen.train.engine import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,12 @@ def _median_mappings(prep_root: Path, subjects: Sequence[str], modalities: Seque
         mapping["method"] = f"{mapping.get('method', 'linear')} (median of {len(per_subject)} training subjects)"
         mappings[mod] = mapping
     return mappings, docs[0]
+
+
+def _scale_relation(prep_root: Path, subjects: Sequence[str], source: str, target: str) -> dict[str, Any]:
+    """The cohort's relation between source and target MR scales (medgen.data.scale_relation)."""
+    docs = [json.loads((prep_root / s / "normalisation.json").read_text())["normalisation"] for s in subjects]
+    return fit_scale_relation(subjects, [d[source] for d in docs], [d[target] for d in docs])
 
 
 def _task_modalities(task: Mapping[str, Any]) -> list[str]:
@@ -129,8 +139,16 @@ def train_task(
     train_cfg: TrainConfig,
     extra_manifests: Sequence[Path | str] = (),
     resume: bool = True,
+    on_mismatch: str = "refuse",
+    restart: bool = False,
 ) -> Path:
-    """Train ``model_name`` on the training split of ``task``; returns the path of ``model.pt``."""
+    """Train ``model_name`` on the training split of ``task``; returns the path of ``model.pt``.
+
+    A ``checkpoint.pt`` in the run folder is resumed only if it records this run's fingerprint
+    (:mod:`medgen.train.fingerprint`); otherwise it is refused (``on_mismatch="refuse"``, raising
+    :class:`~medgen.train.fingerprint.RunMismatchError`) or moved aside (``"restart"``).
+    ``restart`` moves any previous run's files aside and trains from scratch.
+    """
     prep_root = Path(prep_root)
     if model_name not in MODELS:
         raise KeyError(f"unknown model {model_name!r}; valid models: {', '.join(sorted(MODELS))}")
@@ -138,7 +156,8 @@ def train_task(
     # is created after this point, so the seed alone decides a fresh run. The trainer seeds again
     # (per rank) before the first step, or restores the checkpoint's RNG states on resume.
     ckpt.seed_everything(train_cfg.seed)
-    subjects = read_split(split_path)["train"]
+    split = read_split(split_path)
+    subjects = split["train"]
     options = dict(options)
     _check_option_names(model_name, options)
     _check_task(task)
@@ -171,6 +190,26 @@ def train_task(
         },
         "medgen_version": __version__,
     }
+    if task["kind"] == "translation" and not is_ct(task["source"]) and not is_ct(task["target"]):
+        meta["data"]["scale_relation"] = _scale_relation(prep_root, subjects, task["source"], task["target"])
+    meta["fingerprint"] = fp.run_fingerprint(
+        model=model_name,
+        options=options,
+        task=task,
+        split=split,
+        preprocess=first["config"],
+        data=fp.data_checksums(prep_root, [*subjects, *split.get("val", [])], modalities),
+        training=dataclasses.asdict(train_cfg),
+        extra_data={str(m): fp.file_sha256(m) for m in extra_manifests},
+    )
+    is_main = env_from_environment().is_main
+    if restart:
+        if is_main and (Path(train_cfg.out_dir) / ckpt.CHECKPOINT_NAME).exists():
+            n = fp.move_run_aside(train_cfg.out_dir)
+            log.info("--restart: moved the previous run's files in %s aside (*.stale-%d.*)", train_cfg.out_dir, n)
+        resume = False
+    elif resume:
+        resume = fp.check_run_folder(train_cfg.out_dir, meta["fingerprint"], on_mismatch=on_mismatch, is_main=is_main)
     log.info("training %s on task %s: %d items from %d subjects", model_name, task.get("name"), len(dataset), len(subjects))
     trainer = Trainer(model, dataset, train_cfg, config_snapshot=meta)
     trainer.fit(resume=resume)
