@@ -122,7 +122,9 @@ def _sample(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint, device=args.device)
     label_maps = None
     if args.label_maps_from is not None:
-        label_maps = held_out_label_maps(args.label_maps_from[0], args.label_maps_from[1], trained.meta["task"]["modalities"][:1])
+        label_maps = held_out_label_maps(
+            args.label_maps_from[0], args.label_maps_from[1], trained.meta["task"]["modalities"][:1], trained.meta["task"].get("min_mask_fraction")
+        )
     manifest = sample_to_files(
         trained, args.n, args.out, labels=args.labels, temperature=args.temperature, seed=args.seed, label_maps=label_maps
     )
