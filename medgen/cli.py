@@ -164,7 +164,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medgen.train.run import load_trained
 
     meta = load_trained(args.checkpoint).meta
-    extractors: dict[str, dict] = {name: {} for name in args.features}
+    weights = json.loads(args.extractors_json) if args.extractors_json else {}
+    # eval.extractors entries: {"weights": path, **options} -> the extractor's weights_path and options
+    extractors: dict[str, dict] = {name: {("weights_path" if k == "weights" else k): v for k, v in weights.get(name, {}).items()} for name in args.features}
     if "encoder" in extractors:
         extractors["encoder"] = {"path": args.encoder}
     if "radiomics" in extractors:
@@ -304,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=Path, help="generation: manifest.tsv of the samples")
     p.add_argument("--features", nargs="+", default=["radiomics"], help="generation: feature extractors")
     p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
-    p.add_argument("--max-real", type=int, default=256, help="generation: real slices drawn per split")
+    p.add_argument("--max-real", type=int, default=256, help="generation: real test slices drawn (the memorization audit uses every training slice)")
+    p.add_argument("--extractors-json", help='generation: pretrained extractors as JSON, e.g. {"radimagenet": {"weights": "rin.pt"}} (config eval.extractors)')
     p.set_defaults(handler=_evaluate)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")
