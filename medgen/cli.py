@@ -175,7 +175,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         meta=meta, model=args.model, manifest=args.samples, prep_root=args.prep_root, split_path=args.split,
         out_json=args.out, extractors=extractors, max_real=args.max_real, seed=args.seed,
     )
-    print(f"evaluate: {args.model} likely copies {result['memorization']['likely_copy_share']:.1%} -> {args.out}")
+    memo = result["memorization"]
+    print(
+        f"evaluate: {args.model} likely copies {memo['likely_copy_share']:.1%} of {memo['n_synthetic']} samples against all {memo['n_train']} training slices"
+        f" (pixel threshold {memo['threshold']:.4g}: the {memo['alpha']:g}-quantile of {memo['n_test']} test slices' distances) -> {args.out}"
+    )
     return 0
 
 
