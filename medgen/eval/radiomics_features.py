@@ -250,7 +250,8 @@ class RadiomicsFeatures:
     """Feature extractor "radiomics": images (list of 2D/3D arrays) -> raw radiomic features (N, F).
 
     Compare sets with :func:`frd_from_features` (FRD normalisation) or, after
-    :func:`normalise_frd_features`, with any function of :mod:`medgen.eval.distribution`.
+    :func:`standardise_features` (what the evaluation does), with any function of
+    :mod:`medgen.eval.distribution`.
     """
 
     name = "radiomics"
