@@ -120,7 +120,7 @@ def bench_nearest(n_query: int, n_train: int, seed: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="feature vectors per set")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000], help="feature vectors per set (none: skip FD/KID/PRDC)")
     parser.add_argument("--dim", type=int, default=512, help="feature dimension")
     parser.add_argument("--radiomics-slices", type=int, default=32)
     parser.add_argument("--nn", type=int, nargs=2, default=[10000, 10000], metavar=("SYNTHETIC", "TRAINING"), help="memorization search size at 64x64")
