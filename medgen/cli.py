@@ -169,7 +169,9 @@ def _sample(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint, device=args.device)
     label_maps = None
     if args.label_maps_from is not None:
-        label_maps = held_out_label_maps(args.label_maps_from[0], args.label_maps_from[1], trained.meta["task"]["modalities"][:1])
+        label_maps = held_out_label_maps(
+            args.label_maps_from[0], args.label_maps_from[1], trained.meta["task"]["modalities"][:1], trained.meta["task"].get("min_mask_fraction")
+        )
     manifest = sample_to_files(
         trained, args.n, args.out, labels=args.labels, temperature=args.temperature, seed=args.seed, label_maps=label_maps
     )
@@ -218,7 +220,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medgen.train.run import load_trained
 
     meta = load_trained(args.checkpoint).meta
-    extractors: dict[str, dict] = {name: {} for name in args.features}
+    weights = json.loads(args.extractors_json) if args.extractors_json else {}
+    # eval.extractors entries: {"weights": path, **options} -> the extractor's weights_path and options
+    extractors: dict[str, dict] = {name: {("weights_path" if k == "weights" else k): v for k, v in weights.get(name, {}).items()} for name in args.features}
     if "encoder" in extractors:
         extractors["encoder"] = {"path": args.encoder}
     if "radiomics" in extractors:
@@ -227,7 +231,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         meta=meta, model=args.model, manifest=args.samples, prep_root=args.prep_root, split_path=args.split,
         out_json=args.out, extractors=extractors, max_real=args.max_real, seed=args.seed,
     )
-    print(f"evaluate: {args.model} likely copies {result['memorization']['likely_copy_share']:.1%} -> {args.out}")
+    memo = result["memorization"]
+    print(
+        f"evaluate: {args.model} likely copies {memo['likely_copy_share']:.1%} of {memo['n_synthetic']} samples against all {memo['n_train']} training slices"
+        f" (pixel threshold {memo['threshold']:.4g}: the {memo['alpha']:g}-quantile of {memo['n_test']} test slices' distances) -> {args.out}"
+    )
     return 0
 
 
@@ -374,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=Path, help="generation: manifest.tsv of the samples")
     p.add_argument("--features", nargs="+", default=["radiomics"], help="generation: feature extractors")
     p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
-    p.add_argument("--max-real", type=_at_least(1), default=256, help="generation: real slices drawn per split")
+    p.add_argument("--max-real", type=_at_least(1), default=256, help="generation: real test slices drawn (the memorization audit uses every training slice)")
+    p.add_argument("--extractors-json", help='generation: pretrained extractors as JSON, e.g. {"radimagenet": {"weights": "rin.pt"}} (config eval.extractors)')
     p.set_defaults(handler=_evaluate)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")

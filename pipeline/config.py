@@ -94,9 +94,25 @@ def _semantic_problems(cfg: dict[str, Any]) -> Iterator[str]:
     if lo >= hi:
         yield f"config key 'preprocess.mr_percentiles': {lo} must be below {hi}"
     yield from _task_problems(cfg)
+    yield from _extractor_problems(cfg)
     for key in ("dicom_root", "bids_root", "manifest"):
         if key in cfg["data"] and not Path(cfg["data"][key]).exists():
             yield f"config key 'data.{key}': {cfg['data'][key]} does not exist"
+
+
+#: feature extractors that need a weights file from ``eval.extractors``
+PRETRAINED_EXTRACTORS = ("radimagenet", "medicalnet", "inception")
+
+
+def _extractor_problems(cfg: dict[str, Any]) -> Iterator[str]:
+    has_generation = any(t["kind"] == "generation" for t in cfg["tasks"].values())
+    configured = cfg["eval"]["extractors"]
+    for name in PRETRAINED_EXTRACTORS:
+        key = f"eval.extractors.{name}.weights"
+        if name in configured and not Path(configured[name]["weights"]).is_file():
+            yield f"config key '{key}': weights file {configured[name]['weights']} does not exist (nothing is downloaded: give a local file)"
+        elif name in cfg["eval"]["features"] and name not in configured and has_generation:
+            yield f"config key 'eval.features' lists {name!r} but '{key}' is not set: give the local weights file"
 
 
 #: keys of a model's entry that configure its training or sampling rather than the model

@@ -19,6 +19,8 @@ def task_models(cfg: dict[str, Any], kind: str | None = None) -> Iterator[tuple[
 def task_json(cfg: dict[str, Any], task: str) -> str:
     """The task description ``medgen train`` takes (without its models)."""
     spec = {k: v for k, v in cfg["tasks"][task].items() if k not in ("models", "samples")}
+    # one slice threshold for training and evaluation (read back from the trained model's task)
+    spec["min_mask_fraction"] = cfg["preprocess"]["min_mask_fraction"]
     return json.dumps({"name": task, **spec}, sort_keys=True)
 
 

@@ -1,5 +1,7 @@
 # Metrics per (task, model): paired errors for translation, distribution metrics and the
 # memorization audit for generation (in the study's feature spaces).
+import json
+
 from pipeline.targets import task_json
 
 _FEATURES = config["eval"]["features"]
@@ -48,9 +50,10 @@ def _evaluate_args(wc, input):
             f" --nifti-root {RESULTS}/nifti"
         )
     encoder = f" --encoder {input.encoder}" if "encoder" in _FEATURES else ""
+    extractors = json.dumps(config["eval"]["extractors"], sort_keys=True)
     return (
         f"generation --checkpoint {input.model} --samples {input.samples} --features {' '.join(_FEATURES)}{encoder}"
-        f" --max-real {config['eval']['max_real']}"
+        f" --max-real {config['eval']['max_real']} --extractors-json '{extractors}'"
     )
 
 

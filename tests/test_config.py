@@ -134,3 +134,19 @@ def test_schema_is_valid_yaml_with_defaults_for_every_optional_section():
     schema = yaml.safe_load((ROOT / "configs" / "config.schema.yaml").read_text())
     for section in ("ingest", "preprocess", "split"):
         assert schema["properties"][section]["default"] == {}
+
+
+def test_pretrained_extractor_weights_are_checked_at_start(tmp_path):
+    task = {"t": {"kind": "generation", "modalities": ["T1w"], "models": {"gan": {}}}}
+    base = {"data": {"phantom": {}}, "modalities": ["T1w"], "tasks": task}
+    missing = {**base, "eval": {"features": ["radimagenet"], "extractors": {"radimagenet": {"weights": str(tmp_path / "rin.pt")}}}}
+    with pytest.raises(ConfigError, match=r"config key 'eval.extractors.radimagenet.weights': weights file .*rin.pt does not exist"):
+        validate_config(missing)
+    unset = {**base, "eval": {"features": ["medicalnet"]}}
+    with pytest.raises(ConfigError, match=r"'eval.features' lists 'medicalnet' but 'eval.extractors.medicalnet.weights' is not set"):
+        validate_config(unset)
+    with pytest.raises(ConfigError, match=r"config key 'eval.extractors.medicalnet': unknown key\(s\) 'weigths'"):
+        validate_config({**base, "eval": {"extractors": {"medicalnet": {"weights": "x", "weigths": "x"}}}})
+    (tmp_path / "rin.pt").write_bytes(b"weights")
+    cfg = validate_config(missing)
+    assert cfg["eval"]["extractors"]["radimagenet"] == {"weights": str(tmp_path / "rin.pt"), "input_norm": "imagenet"}

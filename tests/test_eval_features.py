@@ -111,7 +111,7 @@ def test_encoder_trains_and_is_deterministic(tmp_path):
 
 
 def test_encoder_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="eval.features.encoder.weights"):
+    with pytest.raises(FileNotFoundError, match="rule encoder"):
         get_extractor("encoder", path=tmp_path / "missing.pt")
 
 
@@ -190,11 +190,11 @@ def test_radimagenet_preprocessing():
 
 
 def test_missing_and_wrong_weights(tmp_path):
-    with pytest.raises(FileNotFoundError, match="eval.features.radimagenet.weights"):
+    with pytest.raises(FileNotFoundError, match="eval.extractors.radimagenet.weights"):
         get_extractor("radimagenet", weights_path=tmp_path / "nope.pt")
-    with pytest.raises(FileNotFoundError, match="eval.features.radimagenet.weights"):
+    with pytest.raises(FileNotFoundError, match="eval.extractors.radimagenet.weights"):
         get_extractor("radimagenet")
-    with pytest.raises(FileNotFoundError, match="eval.features.medicalnet.weights"):
+    with pytest.raises(FileNotFoundError, match="eval.extractors.medicalnet.weights"):
         get_extractor("medicalnet", weights_path=tmp_path / "nope.pth")
     path = tmp_path / "wrong.pt"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "head.weight": torch.zeros(2, 2)}, path)
@@ -224,6 +224,10 @@ def test_medicalnet_loader(tmp_path):
     feats = ext(vols)
     assert feats.shape == (2, 512) and np.array_equal(feats, expected)
     assert ext.info()["weights_sha256"] == ext.checksum
+    slices = vols[:, 0]  # 2D slices (N, H, W), as generation evaluates them: one-slice volumes
+    with torch.no_grad():
+        expected_2d = model(ext.preprocess(torch.from_numpy(slices)[:, None, None])).double().numpy()
+    assert np.array_equal(ext(slices), expected_2d) and expected_2d.shape == (2, 512)
 
     torch.save({"state_dict": {k: v for k, v in published.items() if "layer4" not in k}}, path)
     with pytest.raises(KeyError, match="missing.*layer4"):

@@ -114,3 +114,102 @@ def test_aggregate():
     assert 1.0 <= lo < 2.5 < hi <= 4.0
     assert agg == aggregate(subjects, n_bootstrap=200, seed=3)  # seeded
     assert agg["units"] == "HU" and "ssim" not in agg
+
+
+def _ct_pair(shape, seed=0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A CT-like target with a bone shell and values beyond the HU window, a prediction with
+    structured error, and the ball mask."""
+    target, mask = _phantom(shape, seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in shape], indexing="ij"))
+    radius = np.sqrt((grid**2).sum(axis=0))
+    shell = mask & (radius > 0.32 * min(shape))
+    target[shell] = 1200.0
+    target[tuple(s // 2 for s in shape)] = 3500.0  # above the window: clipped for PSNR and SSIM
+    rng = np.random.default_rng(seed + 1)
+    pred = target + rng.normal(0.0, 250.0, shape) + 300.0 * np.sin(grid[0] / 3.0)
+    return pred, target, mask
+
+
+def _synthrad_inputs(pred, target, mask):
+    """SynthRAD2023's preprocessing, written out here: clip to [-1024, 3000] HU, background
+    -1024, shift by +1024."""
+    p, t = np.clip(pred, -1024, 3000), np.clip(target, -1024, 3000)
+    return np.where(mask, p, -1024) + 1024, np.where(mask, t, -1024) + 1024
+
+
+def test_ssim_is_synthrad2023s():
+    from skimage.metrics import structural_similarity
+
+    pred, target, mask = _ct_pair((40, 36, 24))
+    ps, ts = _synthrad_inputs(pred, target, mask)
+    _, full = structural_similarity(ts, ps, win_size=7, gaussian_weights=False, full=True, data_range=4024.0)
+    expected = full[3:-3, 3:-3, 3:-3][mask[3:-3, 3:-3, 3:-3]].mean()
+    m = paired_metrics(pred, target, mask, modality="CT", compute_ms_ssim=False)
+    # Same float64 arithmetic on the same arrays: equal up to summation-order round-off.
+    assert m["ssim"] == pytest.approx(expected, rel=1e-12)
+    # The settings matter at this precision: a Gaussian window, no border crop, the whole
+    # volume instead of the mask, or a data range 4x off each move the value.
+    assert abs(expected - full[mask].mean()) > 1e-4
+    assert abs(expected - full[3:-3, 3:-3, 3:-3].mean()) > 1e-4
+    _, wrong_range = structural_similarity(ts, ps, win_size=7, gaussian_weights=False, full=True, data_range=4 * 4024.0)
+    assert abs(expected - wrong_range[3:-3, 3:-3, 3:-3][mask[3:-3, 3:-3, 3:-3]].mean()) > 1e-4
+    assert "uniform 7" in m["ssim_window"]
+
+
+def test_psnr_is_pinned():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    pred, target, mask = _ct_pair((40, 36, 24))
+    ps, ts = _synthrad_inputs(pred, target, mask)
+    expected = peak_signal_noise_ratio(ts[mask], ps[mask], data_range=4024.0)
+    m = paired_metrics(pred, target, mask, modality="CT", compute_ms_ssim=False)
+    assert m["psnr"] == pytest.approx(expected, rel=1e-12)  # float64 both ways
+    assert m["mae"] == pytest.approx(np.abs(pred - target)[mask].mean(), rel=1e-12)  # unclipped
+
+
+def _gauss_filter(x: np.ndarray) -> np.ndarray:
+    """Normalised 11-tap Gaussian (sigma 1.5) along every axis, mirrored borders (same size)."""
+    from scipy.ndimage import correlate1d
+
+    taps = np.arange(11) - 5.0
+    kernel = np.exp(-0.5 * (taps / 1.5) ** 2)
+    kernel /= kernel.sum()
+    for axis in range(x.ndim):
+        x = correlate1d(x, kernel, axis=axis, mode="mirror")
+    return x
+
+
+def _ms_ssim_reference(a: np.ndarray, b: np.ndarray, betas: tuple[float, ...]) -> float:
+    """MS-SSIM of Wang et al. 2003 on [0, 1] images, written from the definition: per scale the
+    mean contrast-structure term (borders of 5 cropped), the full SSIM at the coarsest scale,
+    2x2 average pooling between scales."""
+    c1, c2 = 0.01**2, 0.03**2
+    value = 1.0
+    for level, beta in enumerate(betas):
+        mu_a, mu_b = _gauss_filter(a), _gauss_filter(b)
+        var_a = np.maximum(_gauss_filter(a * a) - mu_a**2, 0.0)
+        var_b = np.maximum(_gauss_filter(b * b) - mu_b**2, 0.0)
+        cov = _gauss_filter(a * b) - mu_a * mu_b
+        cs = (2 * cov + c2) / (var_a + var_b + c2)
+        if level < len(betas) - 1:
+            value *= cs[5:-5, 5:-5].mean() ** beta
+            h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+            a = a[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+            b = b[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+        else:
+            value *= (((2 * mu_a * mu_b + c1) * cs) / (mu_a**2 + mu_b**2 + c1)).mean() ** beta
+    return float(value)
+
+
+def test_ms_ssim_is_pinned():
+    pred, target, mask = _ct_pair((64, 64))
+    ps, ts = _synthrad_inputs(pred, target, mask)
+    m = paired_metrics(pred, target, mask, modality="CT")
+    betas = np.array([0.0448, 0.2856, 0.3001])  # 64 px hold three 11-tap scales
+    betas = tuple(betas / betas.sum())
+    assert m["ms_ssim_betas"] == pytest.approx(betas, rel=1e-12)
+    expected = _ms_ssim_reference(ts / 4024.0, ps / 4024.0, betas)
+    # medgen computes MS-SSIM in float32 (see paired.ms_ssim); 1e-5 covers float32 round-off
+    # over 64^2 sums, while a wrong window, scale count or weight moves the value by > 1e-3.
+    assert m["ms_ssim"] == pytest.approx(expected, abs=1e-5)
+    assert 0.5 < expected < 0.99

@@ -113,12 +113,22 @@ def _generation_metrics() -> dict[str, Any]:
     fake = {"fd": 12.3456, "kid_mean": 0.012345, "kid_std": 0.0011, "precision": 0.7123, "recall": 0.5432, "density": 0.9, "coverage": 0.8}
     real = {"fd": 2.5, "kid_mean": 0.0005, "kid_std": 0.0002, "precision": 0.95, "recall": 0.94, "density": 1.01, "coverage": 0.97}
     return {
-        "kind": "generation", "task": "t1w_synthesis", "model": "gan", "n": 64,
+        "kind": "generation", "task": "t1w_synthesis", "model": "gan", "n": {"synthetic": 64, "real_test": 128, "real_train": 549},
         "features": {
-            "radiomics": {"checksum": None, "real_vs_fake": fake, "real_vs_real": real, "bootstrap": {"real_vs_fake": {"fd": [10.5, 14.25], "kid_mean": [0.01, 0.015]}}},
-            "medicalnet": {"checksum": "abcdef0123456789", "real_vs_fake": {"fd": 3.25}},
+            "radiomics": {
+                "checksum": None, "n": 64, "n_real_total": 128, "n_fake_total": 64, "feature_dim": 93, "real_vs_fake": fake, "real_vs_real": real,
+                "warnings": [],
+                "intervals": {"method": "half-sampling without replacement", "real_vs_fake": {"fd": [10.5, 14.25], "kid_mean": [0.01, 0.015]}},
+            },
+            "medicalnet": {
+                "checksum": "abcdef0123456789", "n": 7, "feature_dim": 512, "real_vs_fake": {"fd": 3.25},
+                "warnings": ["only 7 samples per set (< 50): FD, KID and PRDC are dominated by sampling noise"],
+            },
         },
-        "memorization": {"likely_copy_share": 0.03125, "threshold": 0.25, "closest_pairs_png": "gan_closest_pairs.png"},
+        "memorization": {
+            "likely_copy_share": 0.03125, "threshold": 0.25, "alpha": 0.01, "n_train": 549, "n_test": 7, "n_synthetic": 64,
+            "warnings": ["the threshold is the 0.01-quantile of only 7 test-to-train distances"], "closest_pairs_png": "gan_closest_pairs.png",
+        },
     }
 
 
@@ -217,10 +227,14 @@ def test_report_metrics_numbers(report: Path) -> None:
     assert "27.43 ± 1.23" in metrics and "0.877 ± 0.012" in metrics
     assert "12.35" in metrics and "2.50" in metrics and "[10.50, 14.25]" in metrics
     assert "0.0123" in metrics and "0.712" in metrics
-    assert "N = 64" in metrics and "radiomics" in metrics and "medicalnet" in metrics
+    assert "N = 64 per set (of 128 real, 64 synthetic)" in metrics and "radiomics" in metrics and "medicalnet" in metrics
+    assert "N = 7 per set" in metrics and "only 7 samples per set" in metrics  # the small-N warning beside the number
+    assert "half-sampling without replacement" in metrics
     assert "–" in metrics  # missing values (MS-SSIM, most medicalnet keys)
     memo = text[text.index('id="memorization"') : text.index('id="timing"')]
     assert "3.1 %" in memo and len(_data_uris(memo)) == 1
+    assert "of 64 samples" in memo and "all 549 training slices" in memo and "0.01-quantile of 7 real test images" in memo
+    assert "only 7 test-to-train distances" in memo
 
 
 def test_report_models_samples_translation_timing(report: Path) -> None:

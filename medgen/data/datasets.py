@@ -98,6 +98,11 @@ class _Volumes:
         return self.data[index]
 
 
+#: Default share of a slice the head mask must cover for the slice to be served (training and
+#: evaluation alike; the workflow's value is ``preprocess.min_mask_fraction``).
+MIN_MASK_FRACTION = 0.05
+
+
 class SliceDataset(Dataset):
     """2D axial slices (axis 2 of the RAS volumes, i.e. along the superior axis).
 
@@ -114,7 +119,7 @@ class SliceDataset(Dataset):
         subjects: Sequence[str],
         modalities: Sequence[str],
         *,
-        min_mask_fraction: float = 0.05,
+        min_mask_fraction: float = MIN_MASK_FRACTION,
         cache_rate: float = 1.0,
         transform: Transform | None = None,
         labels: bool = False,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from medgen.data.datasets import PatchDataset, SliceDataset
+from medgen.data.datasets import MIN_MASK_FRACTION, PatchDataset, SliceDataset
 from medgen.data.normalise import apply_normalisation
 from medgen.io.nifti import load_nifti
 
@@ -30,10 +30,18 @@ LABEL_MAP_MODALITY = "labels"
 
 
 def _base_dataset(
-    prep_root: Path, subjects: Sequence[str], modalities: Sequence[str], *, spatial_dims: int, patch_size: Sequence[int] | None, seed: int, labels: bool
+    prep_root: Path,
+    subjects: Sequence[str],
+    modalities: Sequence[str],
+    *,
+    spatial_dims: int,
+    patch_size: Sequence[int] | None,
+    seed: int,
+    labels: bool,
+    min_mask_fraction: float = MIN_MASK_FRACTION,
 ) -> Dataset:
     if spatial_dims == 2:
-        return SliceDataset(prep_root, subjects, modalities, labels=labels)
+        return SliceDataset(prep_root, subjects, modalities, labels=labels, min_mask_fraction=min_mask_fraction)
     if spatial_dims == 3:
         return PatchDataset(prep_root, subjects, modalities, patch_size=tuple(patch_size or (32, 32, 32)), seed=seed, labels=labels)
     raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -57,6 +65,7 @@ class GenerationDataset(Dataset):
         spatial_dims: int = 2,
         patch_size: Sequence[int] | None = None,
         seed: int = 0,
+        min_mask_fraction: float = MIN_MASK_FRACTION,
     ) -> None:
         if condition not in CONDITIONS:
             raise ValueError(f"unknown condition {condition!r}; valid: {', '.join(map(str, CONDITIONS))}")
@@ -66,7 +75,9 @@ class GenerationDataset(Dataset):
         self.condition = condition
         self.slice_bins = int(slice_bins)
         with_labels = condition in ("lesion", "label_map")
-        self.base = _base_dataset(Path(prep_root), subjects, modalities, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, labels=with_labels)
+        self.base = _base_dataset(
+            Path(prep_root), subjects, modalities, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, labels=with_labels, min_mask_fraction=min_mask_fraction
+        )
 
     @property
     def classes(self) -> list[str]:
@@ -119,11 +130,14 @@ class TranslationDataset(Dataset):
         spatial_dims: int = 2,
         patch_size: Sequence[int] | None = None,
         seed: int = 0,
+        min_mask_fraction: float = MIN_MASK_FRACTION,
     ) -> None:
         if source == target:
             raise ValueError(f"source and target are both {source!r}")
         self.source, self.target, self.paired, self.seed = source, target, paired, seed
-        self.base = _base_dataset(Path(prep_root), subjects, [source, target], spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, labels=False)
+        self.base = _base_dataset(
+            Path(prep_root), subjects, [source, target], spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, labels=False, min_mask_fraction=min_mask_fraction
+        )
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -168,11 +182,27 @@ class AugmentationDataset(Dataset):
 
 
 def task_dataset(task: Mapping[str, Any], prep_root: Path | str, subjects: Sequence[str], *, model_paired: bool, spatial_dims: int, patch_size: Sequence[int] | None, seed: int) -> Dataset:
-    """The dataset a task's config asks for (see ``configs/config.schema.yaml``, ``tasks``)."""
+    """The dataset a task's config asks for (see ``configs/config.schema.yaml``, ``tasks``).
+
+    2D slices are served when the head mask covers at least ``task["min_mask_fraction"]`` of the
+    slice (the workflow sets it from ``preprocess.min_mask_fraction``; evaluation reads the same
+    value back from the trained model's task).
+    """
+    fraction = float(task.get("min_mask_fraction", MIN_MASK_FRACTION))
     if task["kind"] == "translation":
-        return TranslationDataset(prep_root, subjects, task["source"], task["target"], paired=model_paired, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed)
+        return TranslationDataset(
+            prep_root, subjects, task["source"], task["target"], paired=model_paired, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, min_mask_fraction=fraction
+        )
     return GenerationDataset(
-        prep_root, subjects, task["modalities"], condition=task.get("condition"), slice_bins=task.get("slice_bins", 4), spatial_dims=spatial_dims, patch_size=patch_size, seed=seed
+        prep_root,
+        subjects,
+        task["modalities"],
+        condition=task.get("condition"),
+        slice_bins=task.get("slice_bins", 4),
+        spatial_dims=spatial_dims,
+        patch_size=patch_size,
+        seed=seed,
+        min_mask_fraction=fraction,
     )
 
 

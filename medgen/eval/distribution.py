@@ -153,9 +153,10 @@ def _prdc_own(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
     d_rr = cdist(real, real)
     d_ff = cdist(fake, fake)
     d_rf = cdist(real, fake)
-    # k-th neighbour excluding self: index k in the sorted row (index 0 is the point itself).
-    r_real = np.sort(d_rr, axis=1)[:, k]
-    r_fake = np.sort(d_ff, axis=1)[:, k]
+    # k-th neighbour excluding self: index k in the sorted row (index 0 is the point itself);
+    # a partial sort finds it in O(N) per row.
+    r_real = np.partition(d_rr, k, axis=1)[:, k]
+    r_fake = np.partition(d_ff, k, axis=1)[:, k]
     inside = d_rf < r_real[:, None]  # (real i, fake j): fake j inside the ball of real i
     return {
         "precision": float(inside.any(axis=0).mean()),
@@ -185,23 +186,80 @@ def precision_recall_density_coverage(real: Any, fake: Any, *, k: int = 5) -> di
     return {key: float(out[key]) for key in ("precision", "recall", "density", "coverage")}
 
 
-def _interval(values: np.ndarray, level: float = 0.95) -> list[float]:
-    alpha = (1.0 - level) / 2.0
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
+#: Below this many samples per set the distribution metrics are dominated by sampling noise;
+#: the metrics file and the report carry a warning beside the numbers.
+MIN_SAMPLES_PER_SET = 50
+
+#: How the intervals of :func:`evaluate_distribution` are made (written into every metrics file).
+INTERVAL_METHOD = (
+    "half-sampling without replacement (delete-d jackknife, d = n - m): each replicate draws m = n // 2 "
+    "of the n samples of every set without replacement and recomputes the metric; the 95% interval is "
+    "the point estimate minus the 97.5% and 2.5% percentiles of the replicate deviations from their mean, "
+    "scaled by sqrt(m / (n - m)) (basic interval; contains the point estimate by construction)"
+)
+
+
+def small_n_warnings(n: int, feature_dim: int) -> list[str]:
+    """Warnings for a comparison of ``n`` samples per set in a ``feature_dim``-dimensional space."""
+    out = []
+    if n < MIN_SAMPLES_PER_SET:
+        out.append(f"only {n} samples per set (< {MIN_SAMPLES_PER_SET}): FD, KID and PRDC are dominated by sampling noise; compare with the real-vs-real baseline and the interval")
+    if n <= feature_dim:
+        out.append(f"{n} samples per set <= feature dimension {feature_dim}: the covariance is singular and FD is regularised (1e-6 * I), not comparable with FDs at other N")
+    return out
+
+
+def half_sampling_interval(estimate: float, replicates: Any, *, n: int, m: int, level: float = 0.95) -> list[float]:
+    """Basic interval of ``estimate`` from replicate values on half-samples (see ``INTERVAL_METHOD``).
+
+    ``replicates``: the statistic on subsets of ``m`` of the ``n`` samples drawn without
+    replacement. Their deviations from their own mean (which removes the shift a
+    sample-size-dependent bias, as FD's, gives at m < n) times sqrt(m / (n - m)) estimate the
+    sampling distribution of ``estimate - value`` (for m = n/2 the factor is 1: a half-sample's
+    variance about the full-sample value, sigma^2 (1/m - 1/n), equals the full-sample variance
+    sigma^2 / n). Non-finite replicates are left out; none finite gives [nan, nan].
+    """
+    values = np.asarray(replicates, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0 or not math.isfinite(estimate) or not 0 < m < n:
         return [math.nan, math.nan]
-    return [float(np.quantile(finite, alpha)), float(np.quantile(finite, 1.0 - alpha))]
+    deviations = (values - values.mean()) * math.sqrt(m / (n - m))
+    alpha = (1.0 - level) / 2.0
+    lo = estimate - float(np.quantile(deviations, 1.0 - alpha))
+    hi = estimate - float(np.quantile(deviations, alpha))
+    # The deviations have mean 0, so their quantiles straddle 0; min/max only absorb round-off.
+    return [min(lo, estimate), max(hi, estimate)]
+
+
+def half_samples(n: int, n_sets: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices ``(n_resamples, n_sets, n // 2)``: per replicate and set, n // 2 of ``range(n)`` drawn
+    without replacement (no sample ever appears twice in a replicate)."""
+    m = n // 2
+    out = np.empty((n_resamples, n_sets, m), dtype=np.int64)
+    for i in range(n_resamples):
+        for j in range(n_sets):
+            out[i, j] = rng.choice(n, m, replace=False)
+    return out
 
 
 def _pair_metrics(x: np.ndarray, y: np.ndarray, *, kid_subset_size: int, kid_subsets: int, k: int, seed: int) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the N vs D condition is reported once by the caller
         fd = fid_from_features(x, y)
-        kid_mean, kid_std = kid(x, y, subset_size=min(kid_subset_size, x.shape[0], y.shape[0]), n_subsets=kid_subsets, seed=seed)
+        subset = min(kid_subset_size, x.shape[0], y.shape[0])
+        # A subset as large as both sets is the whole set whatever the draw: one subset is the value.
+        n_subsets = 1 if subset == min(x.shape[0], y.shape[0]) else kid_subsets
+        kid_mean, kid_std = kid(x, y, subset_size=subset, n_subsets=n_subsets, seed=seed)
     out = {"fd": fd, "kid_mean": kid_mean, "kid_std": kid_std}
     if min(x.shape[0], y.shape[0]) > k:
-        out.update(precision_recall_density_coverage(x, y, k=k))
+        # The float64 estimators (they agree with the `prdc` package, see the tests): recomputed
+        # on every half-sample, where the package's import and float32 distances cost more.
+        out.update(_prdc_own(x, y, k))
     return out
+
+
+#: metrics that get an interval
+INTERVAL_METRICS = ("fd", "kid_mean", "precision", "recall", "density", "coverage")
 
 
 def evaluate_distribution(
@@ -209,19 +267,20 @@ def evaluate_distribution(
     fake_features: Any,
     *,
     seed: int = 0,
-    n_bootstrap: int = 100,
+    n_resamples: int = 100,
     k: int = 5,
     kid_subset_size: int = 1000,
     kid_subsets: int = 100,
 ) -> dict[str, Any]:
-    """Real-vs-fake and real-vs-real (baseline) FD, KID and PRDC at the same N, with bootstrap CIs.
+    """Real-vs-fake and real-vs-real (baseline) FD, KID and PRDC at the same N, with 95% intervals.
 
     The real set (seeded permutation) is split into two disjoint halves A and B; N = min(|A|,
     |fake|). ``real_vs_fake`` compares A[:N] with N fakes (subsampled without replacement);
     ``real_vs_real`` compares A[:N] with B[:N] — the value a perfect generator would get at this
-    N. Bootstrap: ``n_bootstrap`` resamplings (with replacement) of each of the three sets, FD
-    and KID recomputed (PRDC not, since duplicated samples make its k-NN radii zero); 95%
-    percentile intervals. Output holds ``n`` and the feature dimension.
+    N. Intervals (``"intervals"``): ``n_resamples`` half-samples without replacement of each of
+    the three sets, every metric recomputed, see :data:`INTERVAL_METHOD` (no sample is ever
+    duplicated: duplicates bias FD and KID upward and collapse PRDC's k-NN radii). Output holds
+    ``n``, the feature dimension and ``warnings`` (small N, N <= D).
     """
     real, fake = _features(real_features, "real_features"), _features(fake_features, "fake_features")
     if real.shape[1] != fake.shape[1]:
@@ -236,8 +295,9 @@ def evaluate_distribution(
     b = real[perm[half : half + n]]
     f = fake[rng.choice(fake.shape[0], n, replace=False)]
     d = real.shape[1]
-    if n <= d:
-        warnings.warn(f"evaluate_distribution: N={n} <= feature dimension {d}; Fréchet distances are regularised", RuntimeWarning, stacklevel=2)
+    notes = small_n_warnings(n, d)
+    for note in notes:
+        warnings.warn(f"evaluate_distribution: {note}", RuntimeWarning, stacklevel=2)
 
     opts = {"kid_subset_size": kid_subset_size, "kid_subsets": kid_subsets, "k": k, "seed": seed}
     result: dict[str, Any] = {
@@ -249,24 +309,28 @@ def evaluate_distribution(
         "k": k,
         "kid_subset_size": int(min(kid_subset_size, n)),
         "kid_subsets": kid_subsets,
+        "warnings": notes,
         "real_vs_fake": _pair_metrics(a, f, **opts),
         "real_vs_real": _pair_metrics(a, b, **opts),
     }
-    boot = {"real_vs_fake": {"fd": [], "kid_mean": []}, "real_vs_real": {"fd": [], "kid_mean": []}}
-    # Fewer KID subsets inside the bootstrap keep the cost bounded; the resampling supplies the spread.
-    boot_opts = {**opts, "kid_subsets": max(1, min(kid_subsets, 10))}
-    for i in range(n_bootstrap):
-        ia, ib, jf = (rng.integers(0, n, n) for _ in range(3))
+    m = n // 2
+    replicates: dict[str, dict[str, list[float]]] = {"real_vs_fake": {}, "real_vs_real": {}}
+    # Fewer KID subsets per replicate keep the cost bounded; the resampling supplies the spread.
+    rep_opts = {**opts, "kid_subsets": max(1, min(kid_subsets, 10))}
+    for i, (ia, ib, jf) in enumerate(half_samples(n, 3, n_resamples if m >= 2 else 0, rng)):
         for key, (x, y) in (("real_vs_fake", (a[ia], f[jf])), ("real_vs_real", (a[ia], b[ib]))):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                fd = fid_from_features(x, y)
-                km, _ = kid(x, y, subset_size=min(kid_subset_size, n), n_subsets=boot_opts["kid_subsets"], seed=seed + i)
-            boot[key]["fd"].append(fd)
-            boot[key]["kid_mean"].append(km)
-    result["bootstrap"] = {
-        "n_bootstrap": n_bootstrap,
+            values = _pair_metrics(x, y, **{**rep_opts, "seed": seed + 1 + i})
+            for metric in INTERVAL_METRICS:
+                if metric in values and metric in result[key]:
+                    replicates[key].setdefault(metric, []).append(values[metric])
+    result["intervals"] = {
+        "method": INTERVAL_METHOD,
+        "n_resamples": n_resamples,
+        "subset_size": int(m),
         "level": 0.95,
-        **{key: {m: _interval(np.asarray(v)) for m, v in vals.items()} for key, vals in boot.items()},
+        **{
+            key: {metric: half_sampling_interval(result[key][metric], reps, n=n, m=m) for metric, reps in per_metric.items()}
+            for key, per_metric in replicates.items()
+        },
     }
     return result

@@ -159,7 +159,7 @@ class EncoderFeatures:
     def __init__(self, path: Path | str, *, batch_size: int = 64) -> None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"encoder weights {path} do not exist (config key eval.features.encoder.weights; train with train_encoder)")
+            raise FileNotFoundError(f"encoder weights {path} do not exist: the workflow trains them (rule encoder); by hand run `medgen encoder` first")
         self.path = path
         self.checksum = sha256_file(path)
         ckpt = safe_load(path, what="study encoder", remedy="Train it again with medgen encoder (eval.features.encoder.weights names it).")

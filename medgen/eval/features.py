@@ -45,7 +45,7 @@ def _encoder(**options: Any) -> FeatureExtractor:
     if "weights_path" in options:  # same option name as the pretrained extractors
         options["path"] = options.pop("weights_path")
     if "path" not in options:
-        raise FileNotFoundError("the 'encoder' extractor needs path= (config key eval.features.encoder.weights)")
+        raise FileNotFoundError("the 'encoder' extractor needs path=: the workflow trains it (rule encoder, eval.encoder_steps); by hand pass `medgen evaluate generation --encoder FILE`")
     return EncoderFeatures(**options)
 
 

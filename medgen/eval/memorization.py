@@ -19,6 +19,7 @@ All distances are float64.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -116,7 +117,7 @@ def memorization_audit(
     ``alpha``: quantile of the test-to-train NN distances below which a synthetic sample is a
     likely copy (``threshold`` overrides it with a fixed distance, pixel space only). Returns
     ``{"pixel": {...}, "feature": {...} (with feature_fn), "likely_copies": indices flagged in any
-    space, "likely_copy_share", "n_train", "n_test", "n_synthetic", "alpha"}``; each space holds
+    space, "likely_copy_share", "n_train", "n_test", "n_synthetic", "alpha", "warnings"}``; each space holds
     the threshold, flagged indices and share, all NN distances (for histograms) and the
     ``top_k`` closest synthetic-train pairs.
     """
@@ -134,6 +135,21 @@ def memorization_audit(
         flagged |= set(out["feature"]["likely_copies"])
     out["likely_copies"] = sorted(flagged)
     out["likely_copy_share"] = len(flagged) / sy.shape[0]
+    out["warnings"] = audit_warnings(te.shape[0], sy.shape[0], alpha)
+    return out
+
+
+def audit_warnings(n_test: int, n_synthetic: int, alpha: float) -> list[str]:
+    """Why a share may mean little: too few test samples to resolve the ``alpha``-quantile
+    threshold, or too few synthetic samples for a share."""
+    out = []
+    if n_test * alpha < 1.0:
+        out.append(
+            f"the threshold is the {alpha:g}-quantile of only {n_test} test-to-train distances (fewer than {math.ceil(1 / alpha)}): "
+            "it is interpolated from the few smallest distances, so the share of likely copies is uncertain"
+        )
+    if n_synthetic < 50:
+        out.append(f"only {n_synthetic} synthetic samples: one flagged sample moves the share by {100 / n_synthetic:.1f} percentage points")
     return out
 
 

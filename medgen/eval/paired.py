@@ -6,13 +6,15 @@ tomography for radiotherapy: SynthRAD2023 challenge report", Med. Image Anal. 20
 * CT (HU): MAE on the *unclipped* values inside the mask; PSNR after clipping both volumes to
   [-1024, 3000] HU, data range 4024, MSE over the masked voxels; SSIM on the clipped volumes
   with voxels outside the mask set to -1024 and everything shifted by +1024 (range [0, 4024]),
-  computed over the whole volume and averaged over the mask.
+  computed over the whole volume, the border cropped, and averaged over the mask.
 * MR: the same on the normalised scale (default [-1, 1], data range 2, background -1).
 
-SSIM: ``skimage.metrics.structural_similarity`` with Gaussian weights (sigma 1.5, truncated at
-3.5 sigma -> 11-voxel window), K1 0.01, K2 0.03 and population covariance, i.e. the settings of
-Wang et al. 2004 ("gaussian", default). ``ssim_window="uniform7"`` gives skimage's default
-7-voxel uniform window, which the SynthRAD2023 evaluation code uses.
+SSIM (default ``ssim_window="uniform7"``, SynthRAD2023's evaluation): skimage's
+``structural_similarity`` with its defaults — uniform 7-voxel window, K1 0.01, K2 0.03, sample
+covariance — ``full=True``; the SSIM map and the mask are cropped by 3 voxels (half the window,
+as skimage crops for its own mean) on every side and the map is averaged over the cropped mask.
+``ssim_window="gaussian"``: Gaussian weights (sigma 1.5, truncated at 3.5 sigma -> 11 voxels)
+and population covariance, the settings of Wang et al. 2004, averaged over the whole mask.
 
 MS-SSIM: torchmetrics ``MultiScaleStructuralSimilarityIndexMeasure`` (Wang et al. 2003) with
 Gaussian kernel 11, sigma 1.5, and the scale weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
@@ -33,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
+from skimage.util import crop
 
 from medgen.eval.body_mask import body_mask
 
@@ -46,6 +49,8 @@ MS_SSIM_BETAS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_KERNEL = 11
 MS_SSIM_SIGMA = 1.5
 METRICS = ("mae", "psnr", "ssim", "ms_ssim")
+#: SynthRAD2023's SSIM window (voxels per side).
+SSIM_WIN = 7
 
 
 def _check(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -101,6 +106,28 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> tuple[float, tup
     return value, betas
 
 
+#: SSIM settings by name, as recorded in the metrics file.
+SSIM_WINDOWS = {
+    "uniform7": f"uniform {SSIM_WIN} voxels, border {SSIM_WIN // 2} cropped, mean over the mask (SynthRAD2023)",
+    "gaussian": "gaussian sigma 1.5 (11 voxels), mean over the mask",
+}
+
+
+def _masked_ssim(target: np.ndarray, pred: np.ndarray, mask: np.ndarray, data_range: float, window: str) -> float:
+    """SSIM map of the shifted volumes averaged over ``mask`` (see the module doc for ``window``)."""
+    if window == "uniform7":
+        _, ssim_map = structural_similarity(target, pred, data_range=data_range, full=True, win_size=SSIM_WIN, gaussian_weights=False)
+        pad = SSIM_WIN // 2
+        ssim_map, mask = crop(ssim_map, pad), crop(mask, pad)
+        if not mask.any():
+            raise ValueError(f"the mask lies entirely within {pad} voxels of the border: no voxel for SSIM")
+        return float(ssim_map[mask].mean(dtype=np.float64))
+    if window == "gaussian":
+        _, ssim_map = structural_similarity(target, pred, data_range=data_range, full=True, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        return float(ssim_map[mask].mean(dtype=np.float64))
+    raise ValueError(f"ssim_window must be one of {sorted(SSIM_WINDOWS)}, got {window!r}")
+
+
 def paired_metrics(
     pred: np.ndarray,
     target: np.ndarray,
@@ -109,7 +136,7 @@ def paired_metrics(
     modality: Modality = "CT",
     spacing: Sequence[float] | None = None,
     mr_range: tuple[float, float] = MR_RANGE,
-    ssim_window: Literal["gaussian", "uniform7"] = "gaussian",
+    ssim_window: Literal["uniform7", "gaussian"] = "uniform7",
     compute_ms_ssim: bool = True,
 ) -> dict[str, Any]:
     """Metrics of one subject: ``pred`` vs ``target`` (same 2D/3D shape) inside ``mask``.
@@ -148,14 +175,7 @@ def paired_metrics(
     # Background at the lower end of the window, then shift so that the range is [0, data_range].
     ps = np.where(mask, pc, lo) - lo
     ts = np.where(mask, tc, lo) - lo
-    if ssim_window == "gaussian":
-        kw: dict[str, Any] = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
-    elif ssim_window == "uniform7":
-        kw = {"win_size": 7}
-    else:
-        raise ValueError(f"ssim_window must be 'gaussian' or 'uniform7', got {ssim_window!r}")
-    _, ssim_map = structural_similarity(ts, ps, data_range=data_range, full=True, **kw)
-    ssim = float(np.mean(ssim_map[mask]))
+    ssim = _masked_ssim(ts, ps, mask, data_range, ssim_window)
 
     out: dict[str, Any] = {
         "mae": mae,
@@ -166,7 +186,7 @@ def paired_metrics(
         "clip_range": [lo, hi],
         "data_range": data_range,
         "mask_voxels": int(mask.sum()),
-        "ssim_window": "gaussian sigma 1.5 (11 voxels)" if ssim_window == "gaussian" else "uniform 7 voxels",
+        "ssim_window": SSIM_WINDOWS[ssim_window],
     }
     if spacing is not None:
         if len(spacing) != pred.ndim:

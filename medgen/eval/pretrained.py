@@ -175,7 +175,7 @@ class RadImageNetFeatures:
     """
 
     name = "radimagenet"
-    config_key = "eval.features.radimagenet.weights"
+    config_key = "eval.extractors.radimagenet.weights"
 
     def __init__(
         self,
@@ -246,7 +246,7 @@ class MedicalNetFeatures:
     """
 
     name = "medicalnet"
-    config_key = "eval.features.medicalnet.weights"
+    config_key = "eval.extractors.medicalnet.weights"
 
     def __init__(self, weights_path: Path | str | None = None, *, depth: int = 10, input_norm: Literal["zscore_nonzero", "none"] = "zscore_nonzero", batch_size: int = 2) -> None:
         path = _weights_file(weights_path, self.config_key)
@@ -272,7 +272,12 @@ class MedicalNetFeatures:
         return out
 
     def __call__(self, volumes: Any) -> np.ndarray:
-        x = self.preprocess(image_batch(volumes, 3, "volumes"))
+        """Volumes (N, D, H, W) / (N, 1, D, H, W), or 2D slices (N, H, W) as one-slice volumes
+        (the network's strided 3D convolutions keep a depth of 1)."""
+        arr = np.asarray(volumes)
+        if arr.ndim == 3:
+            arr = arr[:, None]
+        x = self.preprocess(image_batch(arr, 3, "volumes"))
         return batched_features(self.model, x, self.batch_size)
 
     def info(self) -> dict[str, Any]:
@@ -292,7 +297,7 @@ class InceptionFeatures:
     """
 
     name = "inception"
-    config_key = "eval.features.inception.weights"
+    config_key = "eval.extractors.inception.weights"
 
     def __init__(self, weights_path: Path | str | None = None, *, input_range: tuple[float, float] = (-1.0, 1.0), batch_size: int = 16) -> None:
         try:

@@ -149,6 +149,45 @@ def normalise_frd_features(real: np.ndarray, fake: np.ndarray, *, version: str =
     raise ValueError(f"unknown FRD version {version!r} (expected 'v0' or 'v1')")
 
 
+#: Standardised radiomic features are clipped to this many real-set standard deviations.
+Z_CLIP = 10.0
+
+
+def standardise_features(real: np.ndarray, fake: np.ndarray, *, z_clip: float = Z_CLIP) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Radiomic features (N, F) on one scale for FD/KID/PRDC, so that no feature dominates.
+
+    Each feature is z-scored with the *real* set's mean and standard deviation (ddof 1), as FRD
+    does; features that are not finite in every image, or (nearly) constant in the real set
+    (std <= 1e-9 x (1 + |mean|): z-scores would divide by ~0) are dropped; the z-scores are then
+    clipped to +-``z_clip``. A feature can therefore add at most about (2 z_clip)^2 to FD, where
+    an unclipped one with a near-zero real std blew FD up to 1e8. Returns the two arrays and a
+    record of what was done (for the metrics file).
+    """
+    a, b = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"expected (N, F) feature arrays with equal F, got {a.shape} and {b.shape}")
+    if a.shape[0] < 2:
+        raise ValueError(f"need at least 2 real samples to standardise, got {a.shape[0]}")
+    finite = np.isfinite(a).all(axis=0) & np.isfinite(b).all(axis=0)
+    mean = np.where(finite, np.nan_to_num(a).mean(axis=0), 0.0)
+    std = np.where(finite, np.nan_to_num(a).std(axis=0, ddof=1), 0.0)
+    keep = finite & (std > 1e-9 * (1.0 + np.abs(mean)))
+    za = (a[:, keep] - mean[keep]) / std[keep]
+    zb = (b[:, keep] - mean[keep]) / std[keep]
+    clipped = int((np.abs(za) > z_clip).sum() + (np.abs(zb) > z_clip).sum())
+    record = {
+        "method": f"z-score with the real set's mean and std (ddof 1), clipped to +-{z_clip:g}; features not finite everywhere or constant in the real set dropped",
+        "features_in": int(a.shape[1]),
+        "features_kept": int(keep.sum()),
+        "dropped_nonfinite": int((~finite).sum()),
+        "dropped_constant": int((finite & ~keep).sum()),
+        "values_clipped": clipped,
+    }
+    if not keep.any():
+        raise ValueError("no radiomic feature varies across the real images: nothing to compare")
+    return np.clip(za, -z_clip, z_clip), np.clip(zb, -z_clip, z_clip), record
+
+
 def frd_from_features(real: np.ndarray, fake: np.ndarray, *, version: str = "v1") -> float:
     """FRD from raw radiomic features (N1, F) and (N2, F): normalise, Fréchet distance, v1: log.
 
@@ -211,7 +250,8 @@ class RadiomicsFeatures:
     """Feature extractor "radiomics": images (list of 2D/3D arrays) -> raw radiomic features (N, F).
 
     Compare sets with :func:`frd_from_features` (FRD normalisation) or, after
-    :func:`normalise_frd_features`, with any function of :mod:`medgen.eval.distribution`.
+    :func:`standardise_features` (what the evaluation does), with any function of
+    :mod:`medgen.eval.distribution`.
     """
 
     name = "radiomics"

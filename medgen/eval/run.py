@@ -13,12 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
 
-from medgen.data.datasets import SliceDataset
+from medgen.data.datasets import MIN_MASK_FRACTION, SliceDataset
 from medgen.data.normalise import apply_normalisation, is_ct
-from medgen.data.preprocess import load_normalisation
+from medgen.data.preprocess import MASK_FILE, load_normalisation
 from medgen.data.splits import read_split
 from medgen.data.tasks import AugmentationDataset
 from medgen.eval.body_mask import body_mask
@@ -26,8 +27,8 @@ from medgen.eval.distribution import evaluate_distribution
 from medgen.eval.features import get_extractor
 from medgen.eval.memorization import closest_pairs_figure, memorization_audit
 from medgen.eval.paired import aggregate, paired_metrics
-from medgen.eval.radiomics_features import normalise_frd_features
-from medgen.io.atomic import atomic_write_json
+from medgen.eval.metrics_file import write_metrics
+from medgen.eval.radiomics_features import standardise_features
 from medgen.io.nifti import load_nifti
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,25 @@ def evaluate_translation(
         "per_subject": per_subject,
         "aggregate": aggregate(per_subject, seed=seed),
     }
-    atomic_write_json(out_json, result)
+    write_metrics(out_json, result)
     return result
 
 
-def _slices(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str], limit: int | None, seed: int) -> np.ndarray:
-    """Real slices (N, H, W) of every modality on the normalised scale, a seeded subset of ``limit``."""
-    ds = SliceDataset(prep_root, subjects, modalities, min_mask_fraction=0.15)
+def _slices(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str], limit: int | None, seed: int, *, min_mask_fraction: float, split: str) -> np.ndarray:
+    """Real slices (N, H, W) of every modality on the normalised scale (a seeded subset of
+    ``limit``; None: all). A subject without a single slice whose head mask covers
+    ``min_mask_fraction`` cannot serve evaluation: ``ValueError`` naming it and the cause."""
+    ds = SliceDataset(prep_root, subjects, modalities, min_mask_fraction=min_mask_fraction)
+    served = {ds.volumes.subjects[v] for v, _ in ds.index}
+    empty = [s for s in ds.volumes.subjects if s not in served]
+    if empty:
+        largest = {s: float((np.asarray(nib.load(str(Path(prep_root) / s / MASK_FILE)).dataobj) > 0).mean(axis=(0, 1)).max()) for s in empty}
+        details = "; ".join(f"subject {s}: largest head-mask share of an axial slice {f:.1%}" for s, f in largest.items())
+        raise ValueError(
+            f"{split} split: {len(empty)} subject(s) have no axial slice whose head mask covers at least {min_mask_fraction:.0%} of it "
+            f"(preprocess.min_mask_fraction), so they cannot serve evaluation: {details}. "
+            "Lower preprocess.min_mask_fraction, enlarge preprocess.size to fit the head, or leave the subject out."
+        )
     images = np.stack([ds[i][m][0].numpy() for i in range(len(ds)) for m in modalities])
     if limit is not None and len(images) > limit:
         images = images[np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))]
@@ -100,40 +113,53 @@ def evaluate_generation(
     task = meta["task"]
     modalities = task["modalities"]
     split = read_split(split_path)
+    fraction = float(task.get("min_mask_fraction", MIN_MASK_FRACTION))  # the model's training threshold
     fake_ds = AugmentationDataset(manifest, meta["data"]["mappings"], task.get("classes") or modalities)
     fake = np.stack([fake_ds[i]["image"][0].numpy() for i in range(len(fake_ds))])
-    real = _slices(prep_root, split["test"], modalities, max_real, seed)
-    train = _slices(prep_root, split["train"], modalities, max_real, seed + 1)
+    real = _slices(prep_root, split["test"], modalities, max_real, seed, min_mask_fraction=fraction, split="test")
+    # The memorization audit compares with every training slice (no subset: a copy of any
+    # training image must be found).
+    train = _slices(prep_root, split["train"], modalities, None, seed + 1, min_mask_fraction=fraction, split="train")
     log.info("%s: %d synthetic, %d real test, %d real training slices", model, len(fake), len(real), len(train))
     features: dict[str, Any] = {}
     feature_fn = None
     for name, options in extractors.items():
         extractor = get_extractor(name, **dict(options))
         real_f, fake_f = extractor(real), extractor(fake)
-        if name == "radiomics":  # radiomic features span many orders of magnitude: FRD's z-scoring
-            real_f, fake_f = normalise_frd_features(real_f, fake_f)
+        standardisation = None
+        if name == "radiomics":  # radiomic features span many orders of magnitude
+            real_f, fake_f, standardisation = standardise_features(real_f, fake_f)
         features[name] = {"checksum": getattr(extractor, "checksum", None), "info": extractor.info(), **evaluate_distribution(real_f, fake_f, seed=seed)}
+        if standardisation is not None:
+            features[name]["standardisation"] = standardisation
         if name == "encoder":
             feature_fn = extractor
     audit = memorization_audit(train, real, fake, feature_fn=feature_fn)
     figures = Path(out_json).with_suffix("")
     figure = closest_pairs_figure(train, fake, audit["pixel"]["closest_pairs"], figures / "closest_pairs.png")
+    spaces = {space: {k: audit[space][k] for k in ("metric", "threshold", "threshold_from", "likely_copy_share")} for space in ("pixel", "feature") if space in audit}
     result = {
         "kind": "generation",
         "task": task.get("name"),
         "model": model,
         "n": {"synthetic": len(fake), "real_test": len(real), "real_train": len(train)},
+        "min_mask_fraction": fraction,
         "features": features,
         "memorization": {
             "likely_copy_share": audit["likely_copy_share"],
             "likely_copies": audit["likely_copies"],
             "alpha": audit["alpha"],
             "threshold": audit["pixel"].get("threshold"),
+            "n_train": audit["n_train"],
+            "n_test": audit["n_test"],
+            "n_synthetic": audit["n_synthetic"],
+            "spaces": spaces,
+            "warnings": audit["warnings"],
             "closest_pairs": audit["pixel"]["closest_pairs"],
             "closest_pairs_png": str(figure.relative_to(Path(out_json).parent)),
         },
     }
-    atomic_write_json(out_json, result)
+    write_metrics(out_json, result)
     return result
 
 

@@ -547,23 +547,39 @@ def _per_subject_details(entry: Mapping[str, Any], units: str) -> str:
     return f"<details><summary>per subject: {esc(entry.get('model', ''))}</summary>{_table(header, rows)}</details>"
 
 
+def _warning_marks(notes: Any) -> str:
+    """Small-N warnings of a metrics file, shown next to the numbers they qualify."""
+    if not isinstance(notes, list) or not notes:
+        return ""
+    return "".join(f'<p class="warn">⚠ {esc(n)}</p>' for n in notes)
+
+
 def _generation_tables(entry: Mapping[str, Any]) -> str:
     features = entry.get("features")
-    n = entry.get("n")
     title = f"{entry.get('task')} / {entry.get('model')}"
     if not isinstance(features, Mapping) or not features:
         return f'<div class="card"><h3>{esc(title)}</h3>{_note("no feature metrics in the file")}</div>'
     tables = []
     for extractor, values in features.items():
         values = values if isinstance(values, Mapping) else {}
+        intervals = values.get("intervals") or values.get("bootstrap") or {}  # as medgen.eval.distribution writes it
+        warn = " ⚠" if values.get("warnings") else ""
         rows = []
         for key, label, digits in GENERATION_METRICS:
-            ci = _get(values, "bootstrap", "real_vs_fake", key)  # as medgen.eval.distribution writes it
+            ci = _get(intervals, "real_vs_fake", key)
             ci_text = f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else MISSING
-            rows.append([esc(label), fmt(_get(values, "real_vs_fake", key), digits), fmt(_get(values, "real_vs_real", key), digits), ci_text])
+            rows.append([esc(label), fmt(_get(values, "real_vs_fake", key), digits) + warn, fmt(_get(values, "real_vs_real", key), digits), ci_text])
         checksum = values.get("checksum")
-        caption = f"extractor {extractor}, N = {fmt(n)} per set" + (f", weights {str(checksum)[:12]}" if checksum else ", weights unverified")
-        tables.append(_table(["metric (unitless)", "real vs fake", "real vs real (baseline)", "bootstrap 95% CI (real vs fake)"], rows, caption=caption))
+        n = values.get("n")
+        n_text = f"N = {fmt(n)} per set" + (f" (of {fmt(values.get('n_real_total'))} real, {fmt(values.get('n_fake_total'))} synthetic)" if "n_real_total" in values else "")
+        caption = f"extractor {extractor}, {n_text}, feature dimension {fmt(values.get('feature_dim'))}" + (f", weights {str(checksum)[:12]}" if checksum else ", weights unverified")
+        method = intervals.get("method") if isinstance(intervals, Mapping) else None
+        label = "95% interval (real vs fake)" if method else "bootstrap 95% CI (real vs fake)"
+        standardisation = values.get("standardisation")
+        notes = _note(f"intervals: {method}") if method else ""
+        if isinstance(standardisation, Mapping):
+            notes += _note(f"features: {standardisation.get('method')}; {fmt(standardisation.get('features_kept'))} of {fmt(standardisation.get('features_in'))} kept, {fmt(standardisation.get('values_clipped'))} values clipped")
+        tables.append("<div>" + _table(["metric (unitless)", "real vs fake", "real vs real (baseline)", label], rows, caption=caption) + _warning_marks(values.get("warnings")) + notes + "</div>")
     return f'<div class="card"><h3>{esc(title)}</h3><div class="row">{"".join(tables)}</div></div>'
 
 
@@ -603,7 +619,24 @@ def _memorization(ctx: _Context) -> str | None:
             continue
         share = memo.get("likely_copy_share")
         share_text = f"{fmt(100 * share, 1)} %" if isinstance(share, (int, float)) and not isinstance(share, bool) else MISSING
-        facts = _facts([("likely copies of training images", f"<b>{share_text}</b> of {fmt(data.get('n'))} samples"), ("distance threshold", fmt(memo.get("threshold")))])
+        counts = data.get("n") if isinstance(data.get("n"), Mapping) else {}
+        n_syn = memo.get("n_synthetic", counts.get("synthetic"))
+        n_train = memo.get("n_train", counts.get("real_train"))
+        n_test = memo.get("n_test", counts.get("real_test"))
+        alpha = memo.get("alpha")
+        rule = f"closer to a training image than the {fmt(alpha)}-quantile of {fmt(n_test)} real test images' nearest-training distances"
+        items = [
+            ("likely copies of training images", f"<b>{share_text}</b> of {fmt(n_syn)} samples, compared with all {fmt(n_train)} training slices"),
+            ("flagged when", esc(rule)),
+        ]
+        spaces = memo.get("spaces")
+        if isinstance(spaces, Mapping) and spaces:
+            for space, info in spaces.items():
+                if isinstance(info, Mapping):
+                    items.append((f"{space} space ({info.get('metric')})", f"threshold {fmt(info.get('threshold'))}, {fmt(100 * info['likely_copy_share'], 1) if isinstance(info.get('likely_copy_share'), (int, float)) else MISSING} % flagged"))
+        else:
+            items.append(("distance threshold", fmt(memo.get("threshold"))))
+        facts = _facts(items) + _warning_marks(memo.get("warnings"))
         picture = memo.get("closest_pairs_png")
         figure = ""
         if isinstance(picture, str) and picture:
@@ -715,6 +748,7 @@ td.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap
 .ci { color:var(--muted); font-size:12px; }
 .tag { background:#eef1f6; border-radius:8px; padding:0 6px; font-size:12px; color:var(--muted); }
 .note { color:var(--muted); font-size:13px; }
+.warn { color:#9a5b00; font-size:13px; margin:2px 0; }
 dl.facts { display:grid; grid-template-columns:max-content auto; gap:2px 14px; margin:6px 0; font-size:14px; }
 dl.facts dt { color:var(--muted); }
 dl.facts dd { margin:0; }

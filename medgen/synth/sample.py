@@ -212,13 +212,15 @@ def _write_samples(
     return written
 
 
-def held_out_label_maps(prep_root: Path, split_path: Path, modalities: Sequence[str]) -> np.ndarray:
+def held_out_label_maps(prep_root: Path, split_path: Path, modalities: Sequence[str], min_mask_fraction: float | None = None) -> np.ndarray:
     """Tissue label maps (M, 1, H, W) of the test split's slices, to condition label-map models
-    on anatomy they were not trained on."""
-    from medgen.data.datasets import SliceDataset
+    on anatomy they were not trained on (slices chosen by the training threshold
+    ``min_mask_fraction``, default :data:`medgen.data.datasets.MIN_MASK_FRACTION`)."""
+    from medgen.data.datasets import MIN_MASK_FRACTION, SliceDataset
     from medgen.data.splits import read_split
 
-    ds = SliceDataset(prep_root, read_split(split_path)["test"], list(modalities), labels=True, min_mask_fraction=0.15)
+    fraction = MIN_MASK_FRACTION if min_mask_fraction is None else min_mask_fraction
+    ds = SliceDataset(prep_root, read_split(split_path)["test"], list(modalities), labels=True, min_mask_fraction=fraction)
     return np.stack([ds[i]["labels"].numpy() for i in range(len(ds))])
 
 
