@@ -109,6 +109,39 @@ class ToyDataset(torch.utils.data.Dataset):
         return {"image": image, "label": self.labels[i]}
 
 
+class LinearRegressor(GenerativeModel):
+    """Least squares by plain SGD: deterministic (no dropout, no BatchNorm, no noise), so that a step
+    on the mean loss of 8 items equals, up to float rounding, the mean of two 4-item gradients."""
+
+    batch_keys = ("x", "y")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"w": torch.optim.SGD(self.linear.parameters(), lr=0.1)}
+
+    def training_step(self, batch, ctx) -> dict[str, float]:
+        loss = ((self.linear(batch["x"])[:, 0] - batch["y"]) ** 2).mean()
+        return {"mse": ctx.backward_and_step("mse", loss, "w")}
+
+
+class RegressionDataset(torch.utils.data.Dataset):
+    """Eight fixed (x, y) pairs with y linear in x plus noise."""
+
+    def __init__(self, n: int = 8) -> None:
+        gen = torch.Generator().manual_seed(99)
+        self.x = torch.randn(n, 4, generator=gen)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.3 * torch.randn(n, generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "y": self.y[i]}
+
+
 def make_cfg(out_dir: Path, **overrides) -> TrainConfig:
     settings = dict(out_dir=out_dir, max_steps=12, batch_size=4, seed=3, device="cpu", ckpt_every=4, log_every=1, image_every=0, ema_decay=0.9)
     settings.update(overrides)
