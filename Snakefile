@@ -5,6 +5,7 @@ import yaml
 
 from pipeline.config import validate_config
 from pipeline.subjects import subjects_of, ingest_inputs
+from pipeline.targets import model_wildcard
 
 # The demo config applies only when none is given: a user's --configfile replaces it instead of
 # being merged into it (merging would add the phantom to every user's data sources).
@@ -24,7 +25,7 @@ USE_PHANTOM = "phantom" in config["data"]
 wildcard_constraints:
     subject=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     task=r"[A-Za-z0-9_-]+",
-    model=r"[A-Za-z0-9_-]+",
+    model=model_wildcard(),  # a registry model name, with /seed-<n> when the task lists several seeds
 
 include: "rules/phantom.smk"
 include: "rules/ingest.smk"

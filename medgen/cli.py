@@ -152,9 +152,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medgen.eval import run
 
     if args.kind == "translation":
+        from medgen.eval.baselines import read_baselines
+
         result = run.evaluate_translation(
             task=json.loads(args.task_json), model=args.model, pred_dir=args.pred_dir, nifti_root=args.nifti_root,
             prep_root=args.prep_root, split_path=args.split, out_json=args.out, seed=args.seed,
+            baselines=read_baselines(args.baselines) if args.baselines else None,
         )
         mae = result["aggregate"]["mae"]
         print(f"evaluate: {args.model} MAE {mae['mean']:.4g} {result['units']} over {mae['n']} test subjects -> {args.out}")
@@ -172,6 +175,19 @@ def _evaluate(args: argparse.Namespace) -> int:
         out_json=args.out, extractors=extractors, max_real=args.max_real, seed=args.seed,
     )
     print(f"evaluate: {args.model} likely copies {result['memorization']['likely_copy_share']:.1%} -> {args.out}")
+    return 0
+
+
+def _baselines(args: argparse.Namespace) -> int:
+    from medgen.eval.baselines import run_baselines
+
+    result = run_baselines(
+        task=json.loads(args.task_json), prep_root=args.prep_root, nifti_root=args.nifti_root, split_path=args.split,
+        out_dir=args.out_dir, out_json=args.out, seed=args.seed,
+    )
+    for name, entry in result["baselines"].items():
+        print(f"baselines: {name} MAE {entry['aggregate']['mae']['mean']:.4g} {result['units']}")
+    print(f"baselines: -> {args.out}")
     return 0
 
 
@@ -303,7 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", nargs="+", default=["radiomics"], help="generation: feature extractors")
     p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
     p.add_argument("--max-real", type=int, default=256, help="generation: real slices drawn per split")
+    p.add_argument("--baselines", type=Path, help="translation: the task's baselines.json, copied into the metrics file")
     p.set_defaults(handler=_evaluate)
+
+    p = verbs.add_parser("baselines", help="translation baselines (intensity matching, lookup, resolution floor) on the test subjects")
+    p.add_argument("--task-json", required=True, help="the task as JSON (name, source, target)")
+    p.add_argument("--prep-root", type=Path, required=True, help="preprocessed subjects (the fit uses the training split)")
+    p.add_argument("--nifti-root", type=Path, required=True, help="ingested volumes (inputs and ground truth)")
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True, help="folder for the baselines' test volumes")
+    p.add_argument("--out", type=Path, required=True, help="baselines JSON")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    p.set_defaults(handler=_baselines)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")
     p.add_argument("--results", type=Path, required=True, help="the workflow's results folder")

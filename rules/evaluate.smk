@@ -1,6 +1,6 @@
-# Metrics per (task, model): paired errors for translation, distribution metrics and the
-# memorization audit for generation (in the study's feature spaces).
-from pipeline.targets import task_json
+# Metrics per (task, model): paired errors for translation (beside the task's baselines),
+# distribution metrics and the memorization audit for generation (in the study's feature spaces).
+from pipeline.targets import run_model, task_json
 
 _FEATURES = config["eval"]["features"]
 
@@ -32,6 +32,7 @@ def _evaluate_inputs(wc):
     inputs = {"split": f"{RESULTS}/splits.json"}
     if spec["kind"] == "translation":
         inputs["synth"] = [f"{RESULTS}/synth/{wc.task}/{wc.model}/{s}.nii.gz" for s in TEST_SUBJECTS]
+        inputs["baselines"] = f"{RESULTS}/metrics/{wc.task}/baselines.json"
     else:
         inputs["model"] = f"{RESULTS}/models/{wc.task}/{wc.model}/model.pt"
         inputs["samples"] = f"{RESULTS}/augment/{wc.task}/{wc.model}/manifest.tsv"
@@ -45,7 +46,7 @@ def _evaluate_args(wc, input):
     if spec["kind"] == "translation":
         return (
             f"translation --task-json '{task_json(config, wc.task)}' --pred-dir {RESULTS}/synth/{wc.task}/{wc.model}"
-            f" --nifti-root {RESULTS}/nifti"
+            f" --nifti-root {RESULTS}/nifti --baselines {input.baselines}"
         )
     encoder = f" --encoder {input.encoder}" if "encoder" in _FEATURES else ""
     return (
@@ -61,6 +62,7 @@ rule evaluate:
         f"{RESULTS}/metrics/{{task}}/{{model}}.json",
     params:
         args=_evaluate_args,
+        name=lambda wc: run_model(wc.model),
         prep=f"{RESULTS}/prep",
         seed=config["train"]["seed"],
     log:
@@ -71,5 +73,39 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     shell:
-        "medgen evaluate {params.args} --model {wildcards.model} --prep-root {params.prep} --split {input.split}"
+        "medgen evaluate {params.args} --model {params.name} --prep-root {params.prep} --split {input.split}"
         " --out {output} --seed {params.seed} > {log} 2>&1"
+
+
+def _baseline_inputs(wc):
+    spec = config["tasks"][wc.task]
+    return {
+        "split": f"{RESULTS}/splits.json",
+        "prep": expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
+        "nifti": [f"{RESULTS}/nifti/{s}/{m}.nii.gz" for s in TEST_SUBJECTS for m in (spec["source"], spec["target"])],
+    }
+
+
+# What needs no learning, on the same test subjects and scored by the same code as the models:
+# identity + intensity matching, a voxel-wise intensity lookup, the resolution floor.
+rule baselines:
+    input:
+        unpack(_baseline_inputs),
+    output:
+        f"{RESULTS}/metrics/{{task}}/baselines.json",
+    params:
+        task=lambda wc: task_json(config, wc.task),
+        prep=f"{RESULTS}/prep",
+        nifti=f"{RESULTS}/nifti",
+        out_dir=lambda wc: f"{RESULTS}/baselines/{wc.task}",
+        seed=config["train"]["seed"],
+    log:
+        f"{RESULTS}/logs/baselines/{{task}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baselines/{{task}}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "medgen baselines --task-json {params.task:q} --prep-root {params.prep} --nifti-root {params.nifti}"
+        " --split {input.split} --out-dir {params.out_dir} --out {output} --seed {params.seed} > {log} 2>&1"
