@@ -6,7 +6,8 @@ rule report:
         [f"{RESULTS}/metrics/{t}/{m}.json" for t, m in task_models(config)],
         f"{RESULTS}/splits.json",
     output:
-        f"{RESULTS}/report.html",
+        html=f"{RESULTS}/report.html",
+        table=f"{RESULTS}/metrics.tsv",
     params:
         results=RESULTS,
         config_file=f"{RESULTS}/config.yaml",
@@ -20,4 +21,4 @@ rule report:
         from pathlib import Path
 
         Path(params.config_file).write_text(yaml.safe_dump(config, sort_keys=False))
-        shell("medgen report --results {params.results} --out {output} --config {params.config_file} > {log} 2>&1")
+        shell("medgen report --results {params.results} --out {output.html} --config {params.config_file} > {log} 2>&1")
