@@ -191,6 +191,25 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _downstream(args: argparse.Namespace) -> int:
+    from medgen.eval.downstream import evaluate_downstream
+
+    models: dict[str, list[Path]] = {}
+    for item in args.model or []:
+        name, sep, paths = item.partition("=")
+        if not sep or not paths:
+            raise ValueError(f"--model {item!r}: expected NAME=PATH[,PATH...] (one model.pt per training seed)")
+        models[name] = [Path(p) for p in paths.split(",")]
+    result = evaluate_downstream(
+        task=json.loads(args.task_json), prep_root=args.prep_root, split_path=args.split, out_json=args.out, models=models,
+        seeds=args.seeds, steps=args.steps, batch_size=args.batch_size,
+    )
+    for name, setting in result["settings"].items():
+        print(f"downstream: {name} mean Dice {setting['mean_dice']['mean']:.3f} over {len(result['seeds'])} seeds")
+    print(f"downstream: -> {args.out}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from medgen.report.html import report_main
 
@@ -331,6 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="baselines JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
     p.set_defaults(handler=_baselines)
+
+    p = verbs.add_parser("downstream", help="segmentation Dice on the real test split, trained on real data alone and with each model's synthetic data")
+    p.add_argument("--task-json", required=True, help="the task as JSON (translation: source, target; label-map generation: modalities)")
+    p.add_argument("--prep-root", type=Path, required=True)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="downstream JSON")
+    p.add_argument("--model", action="append", metavar="NAME=PATH[,PATH]", help="a trained model (one model.pt per seed); repeatable")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="segmentation training seeds")
+    p.add_argument("--steps", type=int, default=300, help="segmentation training steps per seed")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(handler=_downstream)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")
     p.add_argument("--results", type=Path, required=True, help="the workflow's results folder")

@@ -62,7 +62,7 @@ def run_seed(cfg: dict[str, Any], task: str, run: str) -> int:
 
 def task_json(cfg: dict[str, Any], task: str) -> str:
     """The task description ``medgen train`` takes (without its models)."""
-    spec = {k: v for k, v in cfg["tasks"][task].items() if k not in ("models", "samples", "seeds")}
+    spec = {k: v for k, v in cfg["tasks"][task].items() if k not in ("models", "samples", "seeds", "downstream")}
     return json.dumps({"name": task, **spec}, sort_keys=True)
 
 
@@ -76,3 +76,17 @@ def train_setting(cfg: dict[str, Any], task: str, model: str, key: str) -> Any:
     """A training setting, the model's own override first, then the ``train`` section (``model`` may be a run)."""
     entry = cfg["tasks"][task]["models"][run_model(model)] or {}
     return entry.get(key, cfg["train"][key])
+
+
+def downstream_tasks(cfg: dict[str, Any]) -> list[str]:
+    """Tasks whose synthetic data is tried for segmentation (``downstream: true``)."""
+    return [task for task, spec in cfg["tasks"].items() if spec.get("downstream")]
+
+
+def downstream_models(cfg: dict[str, Any], results: str, task: str) -> dict[str, list[str]]:
+    """Model name -> its ``model.pt`` files, one per seed, for ``medgen downstream --model``."""
+    out: dict[str, list[str]] = {}
+    for t, run in task_models(cfg):
+        if t == task:
+            out.setdefault(run_model(run), []).append(f"{results}/models/{task}/{run}/model.pt")
+    return out

@@ -1,6 +1,6 @@
 # Metrics per (task, model): paired errors for translation (beside the task's baselines),
 # distribution metrics and the memorization audit for generation (in the study's feature spaces).
-from pipeline.targets import run_model, task_json
+from pipeline.targets import downstream_models, downstream_tasks, run_model, task_json
 
 _FEATURES = config["eval"]["features"]
 
@@ -109,3 +109,36 @@ rule baselines:
     shell:
         "medgen baselines --task-json {params.task:q} --prep-root {params.prep} --nifti-root {params.nifti}"
         " --split {input.split} --out-dir {params.out_dir} --out {output} --seed {params.seed} > {log} 2>&1"
+
+
+for _task in downstream_tasks(config):
+    if not USE_PHANTOM:
+        raise WorkflowError(f"config key 'tasks.{_task}.downstream': segmentation needs tissue label maps, which only the phantom data source provides")
+
+
+# Downstream utility: segmentation Dice on the real test split, trained on real slices alone and
+# with each model's synthetic (image, label) pairs (medgen.eval.downstream).
+rule downstream:
+    input:
+        split=f"{RESULTS}/splits.json",
+        prep=expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
+        models=lambda wc: [p for paths in downstream_models(config, RESULTS, wc.task).values() for p in paths],
+    output:
+        f"{RESULTS}/metrics/{{task}}/downstream.json",
+    params:
+        task=lambda wc: task_json(config, wc.task),
+        prep=f"{RESULTS}/prep",
+        models=lambda wc: " ".join(f"--model {m}={','.join(p)}" for m, p in downstream_models(config, RESULTS, wc.task).items()),
+        d=config["eval"]["downstream"],
+        seeds=" ".join(str(s) for s in config["eval"]["downstream"]["seeds"]),
+    log:
+        f"{RESULTS}/logs/downstream/{{task}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/downstream/{{task}}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "medgen downstream --task-json {params.task:q} --prep-root {params.prep} --split {input.split} --out {output}"
+        " {params.models} --steps {params.d[steps]} --batch-size {params.d[batch_size]}"
+        " --seeds {params.seeds} > {log} 2>&1"

@@ -1,9 +1,12 @@
-# The study in one self-contained HTML page: data, losses, samples, translations, metrics, timing.
+# The study in one self-contained HTML page: data, losses, samples, translations, metrics, timing;
+# metrics.tsv beside it holds every number in one flat table.
+from pipeline.targets import downstream_tasks
 
 
 rule report:
     input:
         [f"{RESULTS}/metrics/{t}/{m}.json" for t, m in task_models(config)],
+        [f"{RESULTS}/metrics/{t}/downstream.json" for t in downstream_tasks(config)],
         f"{RESULTS}/splits.json",
     output:
         html=f"{RESULTS}/report.html",

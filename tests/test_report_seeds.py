@@ -47,6 +47,12 @@ def results(tmp_path: Path) -> Path:
         _write(results / "metrics" / "gen" / "gan" / f"seed-{seed}.json", {
             "kind": "generation", "task": "gen", "model": "gan", "n": {"synthetic": 16},
             "features": {"encoder": {"real_vs_fake": {"fd": fd}, "real_vs_real": {"fd": 3.0}}}})
+    dice = {"csf": {"mean": 0.61, "seed_std": 0.02, "ci95": [0.55, 0.66], "n_subjects": 3}}
+    _write(results / "metrics" / "t1_ct" / "downstream.json", {
+        "kind": "downstream", "task": "t1_ct", "modality": "CT", "network": "UNet", "steps": 5, "seeds": [0, 1, 2],
+        "test_subjects": list(SUBJECTS), "classes": ["skin_muscle", "csf"],
+        "settings": {"real": {"dice": dice, "mean_dice": {"mean": 0.5, "seed_std": 0.01}},
+                     "real+pix2pix": {"dice": {"csf": {**dice["csf"], "mean": 0.64}}, "mean_dice": {"mean": 0.55, "seed_std": 0.03}}}})
     return results
 
 
@@ -83,9 +89,12 @@ def test_report_shows_seeds_baselines_ranking_and_writes_the_flat_table(results:
     assert "pix2pix beats baseline: intensity_lookup on MAE" in metrics
     assert "baseline: resolution_floor beats pix2pix on MAE" in metrics
     assert "gan (3 seeds)" in metrics and "12.00 ± 2.00" in metrics and "10.00 / 14.00 / 12.00" in metrics
+    downstream = text[text.index('id="downstream"'):]
+    assert "real+pix2pix" in downstream and "0.640 ± 0.020" in downstream and "[0.550, 0.660]" in downstream and "0.550 ± 0.030" in downstream
     rows = list(csv.DictReader((results / "metrics.tsv").open(), delimiter="\t"))
     maes = {(r["method"], r["seed"]): float(r["value"]) for r in rows if r["metric"] == "mae"}
     # the table holds 6 significant digits
     assert maes[("pix2pix", "1")] == pytest.approx(115.0, rel=1e-5) and maes[("intensity_lookup", "")] == pytest.approx(635 / 3, rel=1e-5)
     assert sum(1 for r in rows if r["kind"] == "baseline" and r["metric"] == "mae") == 3  # once, not once per seed
     assert {r["metric"] for r in rows if r["method"] == "gan"} == {"encoder/fd", "encoder/fd/real_vs_real"}
+    assert [(r["method"], r["value"]) for r in rows if r["kind"] == "downstream"] == [("real", "0.61"), ("real+pix2pix", "0.64")]

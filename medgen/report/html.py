@@ -765,12 +765,36 @@ def _timing(ctx: _Context) -> str | None:
 # --------------------------------------------------------------------------- page
 
 #: the sections in report order: id, heading, builder
+def _downstream(ctx: _Context) -> str | None:
+    """Segmentation Dice per training setting (``metrics/<task>/downstream.json``)."""
+    cards = []
+    for task_dir in _dirs(ctx.results / "metrics"):
+        data = _read_json(task_dir / "downstream.json") if (task_dir / "downstream.json").is_file() else None
+        if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+            continue
+        classes = [c for c in data.get("classes") or [] if any(c in (st.get("dice") or {}) for st in data["settings"].values())]
+        header = ["training data", "mean Dice (± SD over seeds)"] + classes
+        rows = []
+        for name, setting in data["settings"].items():
+            mean = setting.get("mean_dice") or {}
+            spread = f" ± {fmt(mean['seed_std'], 3)}" if mean.get("seed_std") is not None else ""
+            rows.append([esc(name), fmt(mean.get("mean"), 3) + spread] + [_aggregate_cell({**c, "std": c.get("seed_std")}, 3) if isinstance(c := _get(setting, "dice", cls), Mapping) else MISSING for cls in classes])
+        caption = (
+            f"{task_dir.name}: {data.get('modality')} tissue segmentation, {data.get('network')}, {data.get('steps')} steps, "
+            f"seeds {data.get('seeds')}; Dice on {len(data.get('test_subjects') or [])} real test subjects: mean ± SD over seeds "
+            f"[95% bootstrap CI over subjects]"
+        )
+        cards.append(f'<div class="card"><h3>{esc(task_dir.name)}</h3>{_table(header, rows, caption=caption)}</div>')
+    return "".join(cards) or None
+
+
 SECTIONS: tuple[tuple[str, str, Callable[[_Context], str | None]], ...] = (
     ("data", "Data", _data),
     ("models", "Models", _models),
     ("samples", "Samples", _samples),
     ("translation", "Translation", _translation),
     ("metrics", "Metrics", _metrics),
+    ("downstream", "Downstream segmentation", _downstream),
     ("memorization", "Memorization", _memorization),
     ("timing", "Timing", _timing),
 )
