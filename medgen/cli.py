@@ -202,7 +202,7 @@ def _downstream(args: argparse.Namespace) -> int:
         models[name] = [Path(p) for p in paths.split(",")]
     result = evaluate_downstream(
         task=json.loads(args.task_json), prep_root=args.prep_root, split_path=args.split, out_json=args.out, models=models,
-        seeds=args.seeds, steps=args.steps, batch_size=args.batch_size,
+        seeds=args.seeds, steps=args.steps, batch_size=args.batch_size, channels=args.channels,
     )
     for name, setting in result["settings"].items():
         print(f"downstream: {name} mean Dice {setting['mean_dice']['mean']:.3f} over {len(result['seeds'])} seeds")
@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="segmentation training seeds")
     p.add_argument("--steps", type=int, default=300, help="segmentation training steps per seed")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="UNet channels per level")
     p.set_defaults(handler=_downstream)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")

@@ -131,6 +131,7 @@ rule downstream:
         models=lambda wc: " ".join(f"--model {m}={','.join(p)}" for m, p in downstream_models(config, RESULTS, wc.task).items()),
         d=config["eval"]["downstream"],
         seeds=" ".join(str(s) for s in config["eval"]["downstream"]["seeds"]),
+        channels=" ".join(str(c) for c in config["eval"]["downstream"]["channels"]),
     log:
         f"{RESULTS}/logs/downstream/{{task}}.log",
     benchmark:
@@ -141,4 +142,4 @@ rule downstream:
     shell:
         "medgen downstream --task-json {params.task:q} --prep-root {params.prep} --split {input.split} --out {output}"
         " {params.models} --steps {params.d[steps]} --batch-size {params.d[batch_size]}"
-        " --seeds {params.seeds} > {log} 2>&1"
+        " --seeds {params.seeds} --channels {params.channels} > {log} 2>&1"
