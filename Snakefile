@@ -10,6 +10,7 @@ from medgen.io.secret import DEMO_SECRET, SecretMissing, load_secret
 from pipeline.checks import check_input_data
 from pipeline.config import validate_config
 from pipeline.subjects import ingest_inputs, needs_secret, subject_sources, write_subject_mapping
+from pipeline.targets import model_wildcard
 
 # The demo config applies only when none is given: a user's --configfile replaces it instead of
 # being merged into it (merging would add the phantom to every user's data sources).
@@ -66,7 +67,7 @@ onstart:
 wildcard_constraints:
     subject=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     task=r"[A-Za-z0-9_-]+",
-    model=r"[A-Za-z0-9_-]+",
+    model=model_wildcard(),  # a registry model name, with /seed-<n> when the task lists several seeds
 
 include: "rules/phantom.smk"
 include: "rules/ingest.smk"

@@ -210,9 +210,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.kind == "translation":
         if not args.task_json:
             raise OptionError("evaluate translation needs --task-json (the task's source and target)")
+        from medgen.eval.baselines import read_baselines
+
         result = run.evaluate_translation(
             task=_json_arg(args.task_json, "--task-json"), model=args.model, pred_dir=args.pred_dir, nifti_root=args.nifti_root,
             prep_root=args.prep_root, split_path=args.split, out_json=args.out, seed=args.seed,
+            baselines=read_baselines(args.baselines) if args.baselines else None,
         )
         mae = result["aggregate"]["mae"]
         print(f"evaluate: {args.model} MAE {mae['mean']:.4g} {result['units']} over {mae['n']} test subjects -> {args.out}")
@@ -236,6 +239,38 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"evaluate: {args.model} likely copies {memo['likely_copy_share']:.1%} of {memo['n_synthetic']} samples against all {memo['n_train']} training slices"
         f" (pixel threshold {memo['threshold']:.4g}: the {memo['alpha']:g}-quantile of {memo['n_test']} test slices' distances) -> {args.out}"
     )
+    return 0
+
+
+def _baselines(args: argparse.Namespace) -> int:
+    from medgen.eval.baselines import run_baselines
+
+    result = run_baselines(
+        task=json.loads(args.task_json), prep_root=args.prep_root, nifti_root=args.nifti_root, split_path=args.split,
+        out_dir=args.out_dir, out_json=args.out, seed=args.seed,
+    )
+    for name, entry in result["baselines"].items():
+        print(f"baselines: {name} MAE {entry['aggregate']['mae']['mean']:.4g} {result['units']}")
+    print(f"baselines: -> {args.out}")
+    return 0
+
+
+def _downstream(args: argparse.Namespace) -> int:
+    from medgen.eval.downstream import evaluate_downstream
+
+    models: dict[str, list[Path]] = {}
+    for item in args.model or []:
+        name, sep, paths = item.partition("=")
+        if not sep or not paths:
+            raise ValueError(f"--model {item!r}: expected NAME=PATH[,PATH...] (one model.pt per training seed)")
+        models[name] = [Path(p) for p in paths.split(",")]
+    result = evaluate_downstream(
+        task=json.loads(args.task_json), prep_root=args.prep_root, split_path=args.split, out_json=args.out, models=models,
+        seeds=args.seeds, steps=args.steps, batch_size=args.batch_size, channels=args.channels,
+    )
+    for name, setting in result["settings"].items():
+        print(f"downstream: {name} mean Dice {setting['mean_dice']['mean']:.3f} over {len(result['seeds'])} seeds")
+    print(f"downstream: -> {args.out}")
     return 0
 
 
@@ -384,7 +419,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
     p.add_argument("--max-real", type=_at_least(1), default=256, help="generation: real test slices drawn (the memorization audit uses every training slice)")
     p.add_argument("--extractors-json", help='generation: pretrained extractors as JSON, e.g. {"radimagenet": {"weights": "rin.pt"}} (config eval.extractors)')
+    p.add_argument("--baselines", type=Path, help="translation: the task's baselines.json, copied into the metrics file")
     p.set_defaults(handler=_evaluate)
+
+    p = verbs.add_parser("baselines", help="translation baselines (intensity matching, lookup, resolution floor) on the test subjects")
+    p.add_argument("--task-json", required=True, help="the task as JSON (name, source, target)")
+    p.add_argument("--prep-root", type=Path, required=True, help="preprocessed subjects (the fit uses the training split)")
+    p.add_argument("--nifti-root", type=Path, required=True, help="ingested volumes (inputs and ground truth)")
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True, help="folder for the baselines' test volumes")
+    p.add_argument("--out", type=Path, required=True, help="baselines JSON")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    p.set_defaults(handler=_baselines)
+
+    p = verbs.add_parser("downstream", help="segmentation Dice on the real test split, trained on real data alone and with each model's synthetic data")
+    p.add_argument("--task-json", required=True, help="the task as JSON (translation: source, target; label-map generation: modalities)")
+    p.add_argument("--prep-root", type=Path, required=True)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="downstream JSON")
+    p.add_argument("--model", action="append", metavar="NAME=PATH[,PATH]", help="a trained model (one model.pt per seed); repeatable")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="segmentation training seeds")
+    p.add_argument("--steps", type=int, default=300, help="segmentation training steps per seed")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="UNet channels per level")
+    p.set_defaults(handler=_downstream)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")
     p.add_argument("--results", type=Path, required=True, help="the workflow's results folder")

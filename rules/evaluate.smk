@@ -1,8 +1,8 @@
-# Metrics per (task, model): paired errors for translation, distribution metrics and the
-# memorization audit for generation (in the study's feature spaces).
+# Metrics per (task, model): paired errors for translation (beside the task's baselines),
+# distribution metrics and the memorization audit for generation (in the study's feature spaces).
 import json
 
-from pipeline.targets import task_json
+from pipeline.targets import downstream_models, downstream_tasks, run_model, task_json
 
 _FEATURES = config["eval"]["features"]
 
@@ -34,6 +34,7 @@ def _evaluate_inputs(wc):
     inputs = {"split": f"{RESULTS}/splits.json"}
     if spec["kind"] == "translation":
         inputs["synth"] = [f"{RESULTS}/synth/{wc.task}/{wc.model}/{s}.nii.gz" for s in TEST_SUBJECTS]
+        inputs["baselines"] = f"{RESULTS}/metrics/{wc.task}/baselines.json"
     else:
         inputs["model"] = f"{RESULTS}/models/{wc.task}/{wc.model}/model.pt"
         inputs["samples"] = f"{RESULTS}/augment/{wc.task}/{wc.model}/manifest.tsv"
@@ -47,7 +48,7 @@ def _evaluate_args(wc, input):
     if spec["kind"] == "translation":
         return (
             f"translation --task-json '{task_json(config, wc.task)}' --pred-dir {RESULTS}/synth/{wc.task}/{wc.model}"
-            f" --nifti-root {RESULTS}/nifti"
+            f" --nifti-root {RESULTS}/nifti --baselines {input.baselines}"
         )
     encoder = f" --encoder {input.encoder}" if "encoder" in _FEATURES else ""
     extractors = json.dumps(config["eval"]["extractors"], sort_keys=True)
@@ -64,6 +65,7 @@ rule evaluate:
         f"{RESULTS}/metrics/{{task}}/{{model}}.json",
     params:
         args=_evaluate_args,
+        name=lambda wc: run_model(wc.model),
         prep=f"{RESULTS}/prep",
         seed=config["train"]["seed"],
     log:
@@ -74,5 +76,73 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     shell:
-        MEDGEN + " evaluate {params.args} --model {wildcards.model} --prep-root {params.prep} --split {input.split}"
+        MEDGEN + " evaluate {params.args} --model {params.name} --prep-root {params.prep} --split {input.split}"
         " --out {output} --seed {params.seed} > {log} 2>&1"
+
+
+def _baseline_inputs(wc):
+    spec = config["tasks"][wc.task]
+    return {
+        "split": f"{RESULTS}/splits.json",
+        "prep": expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
+        "nifti": [f"{RESULTS}/nifti/{s}/{m}.nii.gz" for s in TEST_SUBJECTS for m in (spec["source"], spec["target"])],
+    }
+
+
+# What needs no learning, on the same test subjects and scored by the same code as the models:
+# identity + intensity matching, a voxel-wise intensity lookup, the resolution floor.
+rule baselines:
+    input:
+        unpack(_baseline_inputs),
+    output:
+        f"{RESULTS}/metrics/{{task}}/baselines.json",
+    params:
+        task=lambda wc: task_json(config, wc.task),
+        prep=f"{RESULTS}/prep",
+        nifti=f"{RESULTS}/nifti",
+        out_dir=lambda wc: f"{RESULTS}/baselines/{wc.task}",
+        seed=config["train"]["seed"],
+    log:
+        f"{RESULTS}/logs/baselines/{{task}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baselines/{{task}}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        MEDGEN + " baselines --task-json {params.task:q} --prep-root {params.prep} --nifti-root {params.nifti}"
+        " --split {input.split} --out-dir {params.out_dir} --out {output} --seed {params.seed} > {log} 2>&1"
+
+
+for _task in downstream_tasks(config):
+    if not USE_PHANTOM:
+        raise WorkflowError(f"config key 'tasks.{_task}.downstream': segmentation needs tissue label maps, which only the phantom data source provides")
+
+
+# Downstream utility: segmentation Dice on the real test split, trained on real slices alone and
+# with each model's synthetic (image, label) pairs (medgen.eval.downstream).
+rule downstream:
+    input:
+        split=f"{RESULTS}/splits.json",
+        prep=expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
+        models=lambda wc: [p for paths in downstream_models(config, RESULTS, wc.task).values() for p in paths],
+    output:
+        f"{RESULTS}/metrics/{{task}}/downstream.json",
+    params:
+        task=lambda wc: task_json(config, wc.task),
+        prep=f"{RESULTS}/prep",
+        models=lambda wc: " ".join(f"--model {m}={','.join(p)}" for m, p in downstream_models(config, RESULTS, wc.task).items()),
+        d=config["eval"]["downstream"],
+        seeds=" ".join(str(s) for s in config["eval"]["downstream"]["seeds"]),
+        channels=" ".join(str(c) for c in config["eval"]["downstream"]["channels"]),
+    log:
+        f"{RESULTS}/logs/downstream/{{task}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/downstream/{{task}}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        MEDGEN + " downstream --task-json {params.task:q} --prep-root {params.prep} --split {input.split} --out {output}"
+        " {params.models} --steps {params.d[steps]} --batch-size {params.d[batch_size]}"
+        " --seeds {params.seeds} --channels {params.channels} > {log} 2>&1"

@@ -1,12 +1,16 @@
-# The study in one self-contained HTML page: data, losses, samples, translations, metrics, timing.
+# The study in one self-contained HTML page: data, losses, samples, translations, metrics, timing;
+# metrics.tsv beside it holds every number in one flat table.
+from pipeline.targets import downstream_tasks
 
 
 rule report:
     input:
         [f"{RESULTS}/metrics/{t}/{m}.json" for t, m in task_models(config)],
+        [f"{RESULTS}/metrics/{t}/downstream.json" for t in downstream_tasks(config)],
         f"{RESULTS}/splits.json",
     output:
-        f"{RESULTS}/report.html",
+        html=f"{RESULTS}/report.html",
+        table=f"{RESULTS}/metrics.tsv",
     params:
         results=RESULTS,
         config_file=f"{RESULTS}/config.yaml",
@@ -21,4 +25,4 @@ rule report:
         from medgen.io.secret import public_config
 
         atomic_write_text(params.config_file, yaml.safe_dump(public_config(config), sort_keys=False))
-        shell(MEDGEN + " report --results {params.results} --out {output} --config {params.config_file} > {log} 2>&1")
+        shell(MEDGEN + " report --results {params.results} --out {output.html} --config {params.config_file} > {log} 2>&1")

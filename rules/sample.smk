@@ -1,4 +1,5 @@
 # Augmentation sets: samples of every generation model as NIfTI + manifest + PNG grid.
+from pipeline.targets import run_model, run_seed
 
 
 def _sample_labels(wc):
@@ -21,8 +22,8 @@ rule sample:
         out=lambda wc: f"{RESULTS}/augment/{wc.task}/{wc.model}",
         n=lambda wc: config["tasks"][wc.task]["samples"],
         labels=_sample_labels,
-        seed=config["train"]["seed"],
-        temperature=lambda wc: (config["tasks"][wc.task]["models"][wc.model] or {}).get("temperature", 1.0),
+        seed=lambda wc: run_seed(config, wc.task, wc.model),
+        temperature=lambda wc: (config["tasks"][wc.task]["models"][run_model(wc.model)] or {}).get("temperature", 1.0),
     log:
         f"{RESULTS}/logs/sample/{{task}}/{{model}}.log",
     benchmark:

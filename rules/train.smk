@@ -2,7 +2,7 @@
 # resumable state, which Snakemake must not delete when a job fails or is killed. The job resumes
 # it only if it records this run's fingerprint (model, options, task, split, preprocessing, data);
 # a checkpoint of another run is moved aside (checkpoint.stale-<n>.pt) and training starts afresh.
-from pipeline.targets import model_options_json, task_json, train_setting
+from pipeline.targets import model_options_json, run_model, run_seed, task_json, train_setting
 
 # Several GPUs of one node: one process per GPU through torchrun (gradients averaged each step),
 # started as a module of the same Python as MEDGEN (no `torchrun` on PATH needed).
@@ -20,6 +20,8 @@ rule train:
         prep=f"{RESULTS}/prep",
         out=lambda wc: f"{RESULTS}/models/{wc.task}/{wc.model}",
         task=lambda wc: task_json(config, wc.task),
+        name=lambda wc: run_model(wc.model),
+        seed=lambda wc: run_seed(config, wc.task, wc.model),
         options=lambda wc: model_options_json(config, wc.task, wc.model),
         steps=lambda wc: train_setting(config, wc.task, wc.model, "steps"),
         batch=lambda wc: train_setting(config, wc.task, wc.model, "batch_size"),
@@ -35,7 +37,7 @@ rule train:
         gpu=config["train"]["gpus"],
     shell:
         f"{_MEDGEN_TRAIN} --prep-root {{params.prep}} --split {{input.split}} --task-json {{params.task:q}}"
-        " --model {wildcards.model} --options-json {params.options:q} --out {params.out}"
-        " --steps {params.steps} --batch-size {params.batch} --seed {params.t[seed]} --device {params.t[device]}"
+        " --model {params.name} --options-json {params.options:q} --out {params.out}"
+        " --steps {params.steps} --batch-size {params.batch} --seed {params.seed} --device {params.t[device]}"
         " --ckpt-every {params.t[ckpt_every]} --log-every {params.t[log_every]} --image-every {params.t[image_every]}"
         " --ema-decay {params.t[ema_decay]}{params.flags} --on-mismatch restart > {log} 2>&1"

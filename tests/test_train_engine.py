@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen.models.base import GenerativeModel, NonFiniteLossError
+from medgen.models.base import GenerativeModel, NonFiniteGradientError, NonFiniteLossError
 from medgen.train import checkpoint as ckpt
 from medgen.train.ema import EMA
 from medgen.train.engine import TrainConfig, Trainer
@@ -35,14 +36,14 @@ class ToyGAN(GenerativeModel):
 
     batch_keys = ("image", "label")
 
-    def __init__(self, latent: int = 4, *, nan_at: int | None = None, crash_at: int | None = None) -> None:
+    def __init__(self, latent: int = 4, *, nan_at: int | None = None, crash_at: int | None = None, grad_nan_at: int | None = None) -> None:
         super().__init__()
         self.latent = latent
         self.generator = nn.Sequential(nn.Linear(latent, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 16))
         self.discriminator = nn.Sequential(
             nn.Linear(16, 16), nn.BatchNorm1d(16), nn.LeakyReLU(0.2), nn.Dropout(0.3), nn.Linear(16, 1)
         )
-        self.nan_at, self.crash_at = nan_at, crash_at
+        self.nan_at, self.crash_at, self.grad_nan_at = nan_at, crash_at, grad_nan_at
         self.init_calls = 0
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -71,6 +72,8 @@ class ToyGAN(GenerativeModel):
             d_loss = F.softplus(-self.discriminator(real)).mean() + F.softplus(self.discriminator(fake.detach())).mean()
         if ctx.step == self.nan_at:
             d_loss = d_loss * float("nan")
+        if ctx.step == self.grad_nan_at:  # sqrt at 0: the loss stays finite, d/dx = 0 * inf = NaN
+            d_loss = d_loss + torch.sqrt((self.discriminator[0].weight * 0.0).sum())
         d = ctx.backward_and_step("d_adv", d_loss, "d")
         with ctx.autocast():
             g_loss = F.softplus(-self.discriminator(fake)).mean()
@@ -104,6 +107,39 @@ class ToyDataset(torch.utils.data.Dataset):
         if torch.rand(()) < 0.5:
             image = image.flip(-1)
         return {"image": image, "label": self.labels[i]}
+
+
+class LinearRegressor(GenerativeModel):
+    """Least squares by plain SGD: deterministic (no dropout, no BatchNorm, no noise), so that a step
+    on the mean loss of 8 items equals, up to float rounding, the mean of two 4-item gradients."""
+
+    batch_keys = ("x", "y")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"w": torch.optim.SGD(self.linear.parameters(), lr=0.1)}
+
+    def training_step(self, batch, ctx) -> dict[str, float]:
+        loss = ((self.linear(batch["x"])[:, 0] - batch["y"]) ** 2).mean()
+        return {"mse": ctx.backward_and_step("mse", loss, "w")}
+
+
+class RegressionDataset(torch.utils.data.Dataset):
+    """Eight fixed (x, y) pairs with y linear in x plus noise."""
+
+    def __init__(self, n: int = 8) -> None:
+        gen = torch.Generator().manual_seed(99)
+        self.x = torch.randn(n, 4, generator=gen)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.3 * torch.randn(n, generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "y": self.y[i]}
 
 
 def make_cfg(out_dir: Path, **overrides) -> TrainConfig:
@@ -214,6 +250,37 @@ def test_nonfinite_loss_names_step_and_term_and_keeps_last_good_checkpoint(tmp_p
     assert not (tmp_path / "model.pt").exists()
     # the NaN never reached the weights: the guard runs before backward
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_nonfinite_gradient_of_a_finite_loss_stops_before_the_optimizer_moves(tmp_path):
+    cfg = make_cfg(tmp_path, max_steps=10, ckpt_every=2)
+    trainer = Trainer(make_model(grad_nan_at=5), ToyDataset(), cfg)
+    with pytest.raises(NonFiniteGradientError) as info:
+        trainer.fit()
+    assert isinstance(info.value, NonFiniteLossError)  # stops exactly where a NaN loss stops
+    assert (info.value.step, info.value.term) == (5, "d_adv") and math.isfinite(info.value.value)
+    assert "non-finite gradient at step 5" in str(info.value) and "optimizer 'd'" in str(info.value)
+    state = ckpt.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 4 and not (tmp_path / "model.pt").exists()
+    # the optimizer never moved on step 5: the parameters are still those checkpointed after step 4
+    # (exactly equal; BatchNorm's running statistics did move in step 5's forward, as they would)
+    for name, value in trainer.model.named_parameters():
+        assert torch.equal(value, state["model"][name]), name
+    for saved in state["model"].values():
+        assert not saved.is_floating_point() or torch.isfinite(saved).all()
+
+
+def test_checkpoint_with_nonfinite_weights_is_refused_and_previous_kept(tmp_path):
+    trainer = Trainer(make_model(), ToyDataset(), make_cfg(tmp_path, max_steps=2, ckpt_every=2, ema_decay=None))
+    trainer.fit()
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with torch.no_grad():
+        trainer.model.generator[0].weight[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="generator.0.weight"):
+        trainer.save_checkpoint()
+    with pytest.raises(FloatingPointError, match="model.pt"):
+        trainer.save_final()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
 
 
 # --------------------------------------------------------------------- crash-safe checkpointing

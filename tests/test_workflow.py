@@ -53,7 +53,7 @@ def test_default_dag(tmp_path):
     res = _snakemake(tmp_path, None, "-n")
     assert res.returncode == 0, res.stderr
     counts = _job_counts(res.stdout + res.stderr)
-    assert counts == {"phantom": 20, "ingest": 20, "preprocess": 20, "split": 1, "encoder": 1, "train": 9, "sample": 3, "translate": 18, "evaluate": 9, "report": 1, "all": 1}
+    assert counts == {"phantom": 20, "ingest": 20, "preprocess": 20, "split": 1, "encoder": 1, "train": 9, "sample": 3, "translate": 18, "evaluate": 9, "baselines": 2, "downstream": 1, "report": 1, "all": 1}
 
 
 def test_dag_for_each_user_data_source(tmp_path):
@@ -90,13 +90,14 @@ TINY_STUDY = {
     "preprocess": {"spacing": [6.0, 6.0, 6.0], "size": [32, 32, 32]},
     "split": {"fractions": [0.5, 0.25, 0.25]},
     "tasks": {
-        "t1_gen": {"kind": "generation", "modalities": ["T1w"], "samples": 16,
+        "t1_gen": {"kind": "generation", "modalities": ["T1w"], "samples": 16, "seeds": [0, 1],
                    "models": {"gan": {"ngf": 8, "ndf": 8, "latent_dim": 16, "steps": 4, "batch_size": 4}}},
-        "t1_ct": {"kind": "translation", "source": "T1w", "target": "CT",
+        "t1_ct": {"kind": "translation", "source": "T1w", "target": "CT", "downstream": True,
                   "models": {"pix2pix": {"ngf": 4, "ndf": 8, "num_downs": 4, "num_layers_d": 2, "steps": 4, "batch_size": 2}}},
     },
     "train": {"gpus": 0, "image_every": 0, "ckpt_every": 2, "device": "cpu"},
-    "eval": {"features": ["encoder"], "encoder_steps": 5, "max_real": 32},
+    "eval": {"features": ["encoder"], "encoder_steps": 5, "max_real": 32,
+             "downstream": {"steps": 2, "batch_size": 4, "channels": [4, 8], "seeds": [0, 1, 2]}},
 }
 
 
@@ -127,7 +128,17 @@ def test_real_run_on_a_small_phantom(tmp_path):
     assert synth.shape == truth.shape and np.allclose(synth.affine, truth.affine, atol=1e-5)
     metrics = json.loads((results / "metrics" / "t1_ct" / "pix2pix.json").read_text())
     assert metrics["units"] == "HU" and metrics["per_subject"][0]["subject"] == test_subject
-    gen = json.loads((results / "metrics" / "t1_gen" / "gan.json").read_text())
+    # the three baselines beside the model, on the same test subjects
+    assert set(metrics["baselines"]) == {"identity_matched", "intensity_lookup", "resolution_floor"}
+    for baseline in metrics["baselines"].values():
+        assert [r["subject"] for r in baseline["per_subject"]] == [test_subject] and baseline["aggregate"]["mae"]["mean"] > 0
+    downstream = json.loads((results / "metrics" / "t1_ct" / "downstream.json").read_text())
+    assert set(downstream["settings"]) == {"real", "real+pix2pix"} and downstream["seeds"] == [0, 1, 2]
+    table = (results / "metrics.tsv").read_text()
+    assert "\tintensity_lookup\t" in table and "\tdownstream\t" in table
+    # two seeds of the generation model: one folder each
+    assert (results / "models" / "t1_gen" / "gan" / "seed-1" / "model.pt").is_file()
+    gen = json.loads((results / "metrics" / "t1_gen" / "gan" / "seed-0.json").read_text())
     assert "real_vs_real" in gen["features"]["encoder"] and 0.0 <= gen["memorization"]["likely_copy_share"] <= 1.0
     assert "id=\"metrics\"" in (results / "report.html").read_text()
     # A second run has nothing to do.
@@ -136,8 +147,8 @@ def test_real_run_on_a_small_phantom(tmp_path):
     # Changing one model's options retrains that model (and what depends on it) only.
     config["tasks"]["t1_gen"]["models"]["gan"]["ngf"] = 4
     changed = _job_counts(_snakemake(tmp_path, config, "-n").stdout)
-    assert changed.get("train") == 1 and "translate" not in changed and "preprocess" not in changed
-    assert changed.get("sample") == 1 and changed.get("evaluate") == 1
+    assert changed.get("train") == 2 and "translate" not in changed and "preprocess" not in changed  # one per seed
+    assert changed.get("sample") == 2 and changed.get("evaluate") == 2
 
 
 def test_3d_config_builds_its_dag(tmp_path):

@@ -50,9 +50,11 @@ def _subject_metrics(subject: str, pred_path: Path, target_path: Path, prep_dir:
 
 
 def evaluate_translation(
-    *, task: Mapping[str, Any], model: str, pred_dir: Path, nifti_root: Path, prep_root: Path, split_path: Path, out_json: Path, seed: int = 0
+    *, task: Mapping[str, Any], model: str, pred_dir: Path, nifti_root: Path, prep_root: Path, split_path: Path, out_json: Path, seed: int = 0,
+    baselines: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Paired metrics of ``pred_dir/<subject>.nii.gz`` for every test subject (see module doc)."""
+    """Paired metrics of ``pred_dir/<subject>.nii.gz`` for every test subject (see module doc);
+    ``baselines`` (:func:`medgen.eval.baselines.read_baselines`) is written beside them."""
     subjects = read_split(split_path)["test"]
     target = task["target"]
     per_subject = []
@@ -72,6 +74,8 @@ def evaluate_translation(
         "per_subject": per_subject,
         "aggregate": aggregate(per_subject, seed=seed),
     }
+    if baselines is not None:
+        result["baselines"] = dict(baselines)
     write_metrics(out_json, result)
     return result
 

@@ -24,6 +24,22 @@ class NonFiniteLossError(FloatingPointError):
         self.step, self.term, self.value = step, term, value
 
 
+class NonFiniteGradientError(NonFiniteLossError):
+    """A finite loss term gave a NaN/inf gradient; raised before the optimizer moves.
+
+    A subclass of :class:`NonFiniteLossError` so that everything that stops on a bad loss stops
+    on a bad gradient alike (same exit, no checkpoint for the step).
+    """
+
+    def __init__(self, step: int, term: str, value: float, parameter: str) -> None:
+        FloatingPointError.__init__(
+            self,
+            f"non-finite gradient at step {step}: term '{term}' (loss {value:.6g}) gave a NaN/inf gradient of {parameter}; "
+            "training stopped before the optimizer step, no checkpoint written for this step",
+        )
+        self.step, self.term, self.value, self.parameter = step, term, value, parameter
+
+
 class StepContext(Protocol):
     """Provided by the engine to :meth:`GenerativeModel.training_step`."""
 

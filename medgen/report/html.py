@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
 import medgen
 from medgen.io.atomic import atomic_write_text
 from medgen.io.secret import privacy_note, public_config
@@ -42,6 +44,8 @@ MAX_SUBJECT_ROWS = 30
 MAX_ISSUES = 40
 #: a missing value in a table
 MISSING = "–"
+#: the flat table of every metric, written beside the report (see medgen.report.metrics_tsv)
+METRICS_TSV = "metrics.tsv"
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -92,6 +96,20 @@ def _get(mapping: Any, *keys: str) -> Any:
 
 def _dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+
+
+def _run_dirs(task_dir: Path) -> list[Path]:
+    """A task's model folders, or their ``seed-<s>`` folders when the model has several seeds."""
+    runs = []
+    for model in _dirs(task_dir):
+        seeds = [d for d in _dirs(model) if d.name.startswith("seed-")]
+        runs += seeds or [model]
+    return runs
+
+
+def _run_name(task_dir: Path, run_dir: Path) -> str:
+    """``pix2pix`` or ``pix2pix/seed-1``."""
+    return run_dir.relative_to(task_dir).as_posix()
 
 
 def _nifti_stem(path: Path) -> str:
@@ -173,15 +191,19 @@ class _Context:
         return spec if isinstance(spec, dict) else {}
 
     def metrics(self) -> list[tuple[Path, dict[str, Any]]]:
-        """Every ``metrics/<task>/<model>.json`` (path, parsed), in task/model order."""
+        """Every ``metrics/<task>/<model>.json`` and ``metrics/<task>/<model>/seed-<s>.json``
+        (path, parsed; seeded files carry ``seed``), in task/model order."""
         if self._metrics is None:
             self._metrics = []
             for task_dir in _dirs(self.results / "metrics"):
-                for path in sorted(task_dir.glob("*.json")):
+                for path in sorted([*task_dir.glob("*.json"), *task_dir.glob("*/seed-*.json")]):
                     data = _read_json(path)
                     if isinstance(data, dict):
                         data.setdefault("task", task_dir.name)
-                        data.setdefault("model", path.stem)
+                        seeded = path.parent != task_dir
+                        data.setdefault("model", path.parent.name if seeded else path.stem)
+                        if seeded and path.stem.removeprefix("seed-").isdigit():
+                            data["seed"] = int(path.stem.removeprefix("seed-"))
                         self._metrics.append((path, data))
         return self._metrics
 
@@ -364,9 +386,10 @@ def _model_card(ctx: _Context, task: str, model_dir: Path) -> str:
             ("epochs", fmt(_last(records, "epoch"))),
             ("final images/s", fmt(_last(records, "images_per_s"))),
         ] + [(f"final lr ({name})", value) for name, value in lrs]
-    parts = [f'<div class="card"><h3>{esc(task)} / {esc(model_dir.name)}</h3>', _facts(facts), '<div class="row">']
+    name = _run_name(ctx.results / "models" / task, model_dir)
+    parts = [f'<div class="card"><h3>{esc(task)} / {esc(name)}</h3>', _facts(facts), '<div class="row">']
     if records:
-        parts.append(_loss_figure(ctx, task, model_dir.name, records))
+        parts.append(_loss_figure(ctx, task, name.replace("/", "_"), records))
     elif log_path.is_file():
         parts.append(_note("log.jsonl has no readable lines"))
     grid = _last_sample_grid(model_dir)
@@ -396,7 +419,7 @@ def _loss_figure(ctx: _Context, task: str, model: str, records: Sequence[Mapping
 
 
 def _models(ctx: _Context) -> str | None:
-    cards = [_model_card(ctx, task.name, model) for task in _dirs(ctx.results / "models") for model in _dirs(task)]
+    cards = [_model_card(ctx, task.name, model) for task in _dirs(ctx.results / "models") for model in _run_dirs(task)]
     return "".join(cards) or None
 
 
@@ -415,14 +438,14 @@ def _count_rows(tsv: Path) -> int | None:
 def _samples(ctx: _Context) -> str | None:
     cards = []
     for task in _dirs(ctx.results / "augment"):
-        for model in _dirs(task):
+        for model in _run_dirs(task):
             grid, manifest = model / "grid.png", model / "manifest.tsv"
             if not grid.is_file() and not manifest.is_file():
                 continue
             n = _count_rows(manifest) if manifest.is_file() else None
-            caption = f"{task.name} / {model.name}: " + (f"{n} generated samples in manifest.tsv" if n is not None else "no manifest.tsv")
+            caption = f"{task.name} / {_run_name(task, model)}: " + (f"{n} generated samples in manifest.tsv" if n is not None else "no manifest.tsv")
             body = _figure(grid, caption, css="samples") if grid.is_file() else _note(caption + " (no grid.png)")
-            cards.append(f'<div class="card"><h3>{esc(task.name)} / {esc(model.name)}</h3>{body}</div>')
+            cards.append(f'<div class="card"><h3>{esc(task.name)} / {esc(_run_name(task, model))}</h3>{body}</div>')
     return "".join(cards) or None
 
 
@@ -440,7 +463,8 @@ def _translation_model(ctx: _Context, task: str, model_dir: Path, source: str, t
     from medgen.report.plots import translation_panel
 
     outputs = _translation_subjects(ctx, model_dir)
-    parts = [f'<div class="card"><h3>{esc(task)} / {esc(model_dir.name)}: {esc(source)} → {esc(target)}</h3>']
+    name = _run_name(ctx.results / "synth" / task, model_dir)
+    parts = [f'<div class="card"><h3>{esc(task)} / {esc(name)}: {esc(source)} → {esc(target)}</h3>']
     for output in outputs[:MAX_TRANSLATION_SUBJECTS]:
         subject = _nifti_stem(output)
         src, ref = (ctx.results / "nifti" / subject / f"{m}.nii.gz" for m in (source, target))
@@ -448,7 +472,7 @@ def _translation_model(ctx: _Context, task: str, model_dir: Path, source: str, t
             parts.append(_note(f"{subject}: no {source}/{target} in nifti/ to compare with"))
             continue
         try:
-            png = translation_panel(src, output, ref, ctx.png(f"tr_{task}_{model_dir.name}_{subject}"), source_name=source, target_name=target, title=subject)
+            png = translation_panel(src, output, ref, ctx.png(f"tr_{task}_{name.replace('/', '_')}_{subject}"), source_name=source, target_name=target, title=subject)
         except Exception as exc:
             parts.append(_note(f"{subject}: cannot draw the panel: {exc}"))
             continue
@@ -463,7 +487,7 @@ def _translation(ctx: _Context) -> str | None:
     cards = []
     for task in _dirs(ctx.results / "synth"):
         spec = ctx.task_spec(task.name)
-        models = [m for m in _dirs(task) if any(m.glob("*.nii.gz"))]
+        models = [m for m in _run_dirs(task) if any(m.glob("*.nii.gz"))]
         if not models:
             continue
         source, target = spec.get("source"), spec.get("target")
@@ -523,15 +547,40 @@ def _translation_n(data: Mapping[str, Any]) -> str:
 
 
 def _translation_table(task: str, entries: Sequence[dict[str, Any]]) -> str:
+    """One row per model (several seeds summarised, see :mod:`medgen.report.comparison`), then the
+    task's baselines, then which methods a paired test ranks on MAE."""
+    from medgen.report import comparison
+
     units = next((str(e["units"]) for e in entries if e.get("units")), "a.u.")
-    header = ["model"] + [_unit_label(label, units if unit is None else unit) for _, label, unit, _ in TRANSLATION_METRICS] + ["subjects (n)"]
+    header = ["method", "seeds"] + [_unit_label(label, units if unit is None else unit) for _, label, unit, _ in TRANSLATION_METRICS] + ["subjects (n)"]
+    methods = {**comparison.group_by_model(entries), **comparison.baseline_runs(entries)}
     rows = []
-    for entry in entries:
-        aggregate = entry.get("aggregate") or {}
-        cells = [_aggregate_cell(_get(aggregate, key), _mae_digits(units) if key == "mae" else digits) for key, _, _, digits in TRANSLATION_METRICS]
-        rows.append([esc(entry.get("model", MISSING))] + cells + [_translation_n(entry)])
-    caption = f"{task}: mean ± std [95% CI] over test subjects; MAE in {units}"
-    return _table(header, rows, caption=caption) + "".join(_per_subject_details(e, units) for e in entries)
+    for name, runs in methods.items():
+        if len(runs) == 1:
+            aggregate = runs[0].get("aggregate") or {}
+            cells = [_aggregate_cell(_get(aggregate, key), _mae_digits(units) if key == "mae" else digits) for key, _, _, digits in TRANSLATION_METRICS]
+            n_seeds = MISSING if name.startswith("baseline:") else "1"
+        else:
+            cells = [_seeds_cell(comparison.seed_summary(runs, key), _mae_digits(units) if key == "mae" else digits) for key, _, _, digits in TRANSLATION_METRICS]
+            n_seeds = str(len(runs))
+        rows.append([esc(name), n_seeds] + cells + [_translation_n(runs[0])])
+    caption = (
+        f"{task}: mean ± std [95% CI] over test subjects (per-subject values averaged over seeds); "
+        f"'seeds ±' is the SD of the per-seed means; baselines fitted on the training split; MAE in {units}"
+    )
+    ranking = comparison.ranking_statements({n: comparison.per_subject_values(r, "mae") for n, r in methods.items()}, "MAE")
+    ranked = _note(f"Ranking on MAE ({comparison.TEST_NAME} over (subject, seed) pairs, p < {comparison.ALPHA}): " + "; ".join(ranking)) if ranking else ""
+    return _table(header, rows, caption=caption, numeric_from=1) + ranked + "".join(_per_subject_details(e, units) for e in entries)
+
+
+def _seeds_cell(summary: Mapping[str, Any] | None, digits: int | None) -> str:
+    """``mean ± std [lo, hi]`` over subjects and the SD over seeds."""
+    if not summary:
+        return MISSING
+    text = _aggregate_cell(summary, digits)
+    if summary.get("seed_std") is not None:
+        text += f' <span class="ci">seeds ± {fmt(summary["seed_std"], digits)}</span>'
+    return text
 
 
 def _per_subject_details(entry: Mapping[str, Any], units: str) -> str:
@@ -544,7 +593,8 @@ def _per_subject_details(entry: Mapping[str, Any], units: str) -> str:
         for r in rows_in
         if isinstance(r, Mapping)
     ]
-    return f"<details><summary>per subject: {esc(entry.get('model', ''))}</summary>{_table(header, rows)}</details>"
+    seed = f" (seed {entry['seed']})" if entry.get("seed") is not None else ""
+    return f"<details><summary>per subject: {esc(entry.get('model', ''))}{esc(seed)}</summary>{_table(header, rows)}</details>"
 
 
 def _warning_marks(notes: Any) -> str:
@@ -583,6 +633,43 @@ def _generation_tables(entry: Mapping[str, Any]) -> str:
     return f'<div class="card"><h3>{esc(title)}</h3><div class="row">{"".join(tables)}</div></div>'
 
 
+def _generation_seed_tables(task: str, model: str, runs: Sequence[Mapping[str, Any]]) -> str:
+    """A model trained with several seeds: per metric the mean ± SD over seeds and each seed's value."""
+    from medgen.report import comparison
+
+    seeds = ", ".join(str(r.get("seed")) for r in runs)
+    tables = []
+    for extractor in (runs[0].get("features") or {}):
+        rows = []
+        for key, label, digits in GENERATION_METRICS:
+            values = comparison.generation_values(runs, extractor, key)
+            spread = f"{fmt(float(np.mean(values)), digits)} ± {fmt(float(np.std(values, ddof=1)), digits)}" if len(values) > 1 else MISSING
+            real = [_get(r, "features", extractor, "real_vs_real", key) for r in runs]
+            rows.append([esc(label), spread, " / ".join(fmt(v, digits) for v in values) or MISSING, fmt(next((v for v in real if v is not None), None), digits)])
+        tables.append(_table(["metric (unitless)", "real vs fake, mean ± SD over seeds", f"per seed ({seeds})", "real vs real (baseline)"], rows, caption=f"extractor {extractor}, {len(runs)} seeds"))
+    return f'<div class="card"><h3>{esc(task)} / {esc(model)} ({len(runs)} seeds)</h3><div class="row">{"".join(tables)}</div></div>'
+
+
+def _generation_section(entries: Sequence[dict[str, Any]]) -> str:
+    """Per task: each model's tables (summarised over seeds when it has several) and the FD ranking."""
+    from medgen.report import comparison
+
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_task.setdefault(str(entry.get("task")), []).append(entry)
+    parts = []
+    for task, task_entries in by_task.items():
+        groups = comparison.group_by_model(task_entries)
+        for model, runs in groups.items():
+            parts.append(_generation_tables(runs[0]) if len(runs) == 1 else _generation_seed_tables(task, model, runs))
+        if len(groups) > 1:
+            for extractor in (task_entries[0].get("features") or {}):
+                fds = {m: {("set", r.get("seed")): v for r in runs for v in comparison.generation_values([r], extractor, "fd")} for m, runs in groups.items()}
+                lines = comparison.ranking_statements(fds, f"FD ({extractor})")
+                parts.append(_note(f"{task}, ranking on FD in {extractor} features ({comparison.TEST_NAME} over seeds, p < {comparison.ALPHA}): " + "; ".join(lines)))
+    return "".join(parts)
+
+
 def _metrics(ctx: _Context) -> str | None:
     entries = ctx.metrics()
     if not entries:
@@ -592,6 +679,8 @@ def _metrics(ctx: _Context) -> str | None:
     other: list[str] = []
     for path, data in entries:
         kind = data.get("kind") or ctx.task_spec(str(data["task"])).get("kind")
+        if kind in ("translation_baselines", "downstream"):
+            continue  # in the translation tables and the downstream section
         if kind == "translation":
             translation.setdefault(str(data["task"]), []).append(data)
         elif kind == "generation":
@@ -602,7 +691,7 @@ def _metrics(ctx: _Context) -> str | None:
     if translation:
         parts.append("<h3>Translation</h3>" + "".join(_translation_table(task, rows) for task, rows in translation.items()))
     if generation:
-        parts.append("<h3>Generation</h3>" + _note("Each metric compares the generated set with held-out real images (real vs fake) next to two halves of the real data (real vs real), the level that a perfect generator would reach.") + "".join(_generation_tables(e) for e in generation))
+        parts.append("<h3>Generation</h3>" + _note("Each metric compares the generated set with held-out real images (real vs fake) next to two halves of the real data (real vs real), the level that a perfect generator would reach.") + _generation_section(generation))
     if other:
         parts.append(_note("metrics of unknown kind not shown: " + ", ".join(other)))
     return "".join(parts)
@@ -711,12 +800,36 @@ def _timing(ctx: _Context) -> str | None:
 # --------------------------------------------------------------------------- page
 
 #: the sections in report order: id, heading, builder
+def _downstream(ctx: _Context) -> str | None:
+    """Segmentation Dice per training setting (``metrics/<task>/downstream.json``)."""
+    cards = []
+    for task_dir in _dirs(ctx.results / "metrics"):
+        data = _read_json(task_dir / "downstream.json") if (task_dir / "downstream.json").is_file() else None
+        if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+            continue
+        classes = [c for c in data.get("classes") or [] if any(c in (st.get("dice") or {}) for st in data["settings"].values())]
+        header = ["training data", "mean Dice (± SD over seeds)"] + classes
+        rows = []
+        for name, setting in data["settings"].items():
+            mean = setting.get("mean_dice") or {}
+            spread = f" ± {fmt(mean['seed_std'], 3)}" if mean.get("seed_std") is not None else ""
+            rows.append([esc(name), fmt(mean.get("mean"), 3) + spread] + [_aggregate_cell({**c, "std": c.get("seed_std")}, 3) if isinstance(c := _get(setting, "dice", cls), Mapping) else MISSING for cls in classes])
+        caption = (
+            f"{task_dir.name}: {data.get('modality')} tissue segmentation, {data.get('network')}, {data.get('steps')} steps, "
+            f"seeds {data.get('seeds')}; Dice on {len(data.get('test_subjects') or [])} real test subjects: mean ± SD over seeds "
+            f"[95% bootstrap CI over subjects]"
+        )
+        cards.append(f'<div class="card"><h3>{esc(task_dir.name)}</h3>{_table(header, rows, caption=caption)}</div>')
+    return "".join(cards) or None
+
+
 SECTIONS: tuple[tuple[str, str, Callable[[_Context], str | None]], ...] = (
     ("data", "Data", _data),
     ("models", "Models", _models),
     ("samples", "Samples", _samples),
     ("translation", "Translation", _translation),
     ("metrics", "Metrics", _metrics),
+    ("downstream", "Downstream segmentation", _downstream),
     ("memorization", "Memorization", _memorization),
     ("timing", "Timing", _timing),
 )
@@ -842,4 +955,9 @@ def report_main(results: Path, out: Path, config_path: Path | None = None) -> in
             raise CorruptFileError(f"{config_path}: not a config (a YAML mapping of keys to values); pass the workflow's config file")
     path = build_report(results, Path(out), config=config)
     print(f"medgen report: wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    from medgen.report.metrics_tsv import write_metrics_tsv
+
+    with tempfile.TemporaryDirectory() as tmp:
+        table = write_metrics_tsv([d for _, d in _Context(results=results, config=config or {}, work=Path(tmp)).metrics()], results / METRICS_TSV)
+    print(f"medgen report: wrote {table}")
     return 0

@@ -272,6 +272,7 @@ class Trainer:
         rng = ddp.gather_objects(ckpt.capture_rng_state(), self.env)
         if not self.env.is_main:
             return None
+        _refuse_nonfinite(self.model.state_dict(), f"checkpoint at step {self.step}")
         state = {
             "format": ckpt.FORMAT,
             "version": ckpt.VERSION,
@@ -319,6 +320,7 @@ class Trainer:
     def save_final(self, path: Path | str | None = None) -> Path:
         """Write ``out_dir/model.pt``: inference weights (EMA if enabled) + config, atomically."""
         weights = self.ema.model_state_dict(self.model) if self.ema is not None else self.model.state_dict()
+        _refuse_nonfinite(weights, f"model.pt at step {self.step}")
         state = {
             "format": ckpt.FINAL_FORMAT,
             "version": ckpt.VERSION,
@@ -333,6 +335,13 @@ class Trainer:
 
 
 # -------------------------------------------------------------------------------------- helpers
+def _refuse_nonfinite(state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise FloatingPointError instead of writing weights that hold NaN/inf (the last good file stays)."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise FloatingPointError(f"{what} not written: non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+
+
 def compile_networks(model: nn.Module) -> None:
     """``torch.compile`` each direct sub-network in place (``Module.compile`` keeps state_dict keys)."""
     for child in model.children():

@@ -1,5 +1,6 @@
-"""The engine's :class:`~medgen.models.base.StepContext`: mixed precision, the non-finite guard,
-gradient averaging across ranks, clipping and the optimizer step for one loss term.
+"""The engine's :class:`~medgen.models.base.StepContext`: mixed precision, the non-finite guards
+(loss before backward, gradient before the optimizer step), gradient averaging across ranks,
+clipping and the optimizer step for one loss term.
 
 Hand-written rather than taken from MONAI's ``GanTrainer``/ignite engines: those own the
 update order themselves (one fixed D-then-G recipe), have no per-term NaN/inf guard that names
@@ -15,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from medgen.models.base import NonFiniteLossError
+from medgen.models.base import NonFiniteGradientError, NonFiniteLossError
 from medgen.train.distributed import DistEnv, any_rank, average_gradients
 
 
@@ -70,6 +71,8 @@ class EngineStepContext:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         # averaged while still scaled, so every rank sees the same inf/NaN and skips alike
         average_gradients(params, self.env)
+        if not scaler.is_enabled():  # fp16's scaler skips inf/NaN steps itself and lowers its scale
+            self._check_gradients(term, value, optimizer_name, params)
         if self.grad_clip is not None:
             scaler.unscale_(optimizer)
             norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
@@ -93,3 +96,20 @@ class EngineStepContext:
         if any_rank(bad_here, self.env, self.device):
             raise NonFiniteLossError(self.step, term, value if bad_here else math.nan)
         return value
+
+    def _check_gradients(self, term: str, value: float, optimizer_name: str, params: list[torch.Tensor]) -> None:
+        """Raise :class:`NonFiniteGradientError` (before the optimizer step) if any gradient is NaN/inf.
+
+        Runs on the averaged gradients, which are identical on every rank, so all ranks raise alike.
+        The gradients are dropped so that nothing can step on them afterwards.
+        """
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        finite = torch.stack([torch.isfinite(g).all() for g in grads])
+        if bool(finite.all()):  # one device sync per optimizer step
+            return
+        first = int((~finite).nonzero()[0, 0])
+        name = f"parameter {first} of optimizer '{optimizer_name}' (shape {tuple(grads[first].shape)})"
+        self._optimizer(optimizer_name).zero_grad(set_to_none=True)
+        raise NonFiniteGradientError(self.step, term, value, name)
