@@ -90,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         amp=not args.no_amp,
+        precision=args.precision,
         compile=args.compile,
         ckpt_every=args.ckpt_every,
         log_every=args.log_every,
@@ -246,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision (same as --precision fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast on GPUs with bf16 and CPUs with avx512_bf16/AMX, fp16 on older GPUs, else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
