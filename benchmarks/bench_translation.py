@@ -1,141 +1,220 @@
-"""Training speed of the translation models: seconds per iteration of CycleGAN, CUT, FastCUT, pix2pix.
+"""Training speed of the translation models, optionally side by side with the public reference CUT.
 
-Usage: python benchmarks/bench_translation.py [--sizes 64 128] [--ngf 64] [--n-blocks 9]
-       [--warmup 2] [--iters 5] [--device auto|cpu|cuda] [--amp] [--channels-last] [--quick]
+Usage: python benchmarks/bench_translation.py [--reference PATH] [--sizes 64 128] [--ngf 64]
+       [--n-blocks 9] [--warmup 2] [--iters 5] [--models ...] [--precision auto|fp32|bf16]
+       [--channels-last] [--quick]
 
 One iteration = one ``training_step`` (every D and G update of the model) on a batch of one
-single-channel image pair, through the engine's step context (AMP scaling, finite-loss guard),
-as ``medgen train`` runs it. Each model gets ``--warmup`` untimed iterations, then ``--iters``
-timed ones; the table shows the fastest and the median iteration (on a shared machine the
-fastest is the better estimate of the code's own speed, the median shows the load). Prints the
-CUT/CycleGAN and FastCUT/CycleGAN time ratios of this run, and this run's seconds against the
-published figures of the public reference implementation of CUT/FastCUT (measured on the same
-class of 2-core machine, not in this run). Prints numbers, asserts nothing.
+single-channel image pair, through the engine's step context, as ``medgen train`` runs it.
+
+With ``--reference PATH`` (a local checkout of taesungp/contrastive-unpaired-translation; this
+script never downloads it) the reference CUT and FastCUT are built through their own options
+(``--gpu_ids -1``, batch 1, ngf 64, 9 blocks) in this process and timed interleaved with
+medgen's, iteration by iteration, so that load on a shared machine hits both sides alike:
+
+* equal arithmetic: reference without anti-aliased resampling (``--no_antialias
+  --no_antialias_up``, the same convolutions as medgen's generator) vs medgen in fp32;
+* defaults: the reference at its defaults (anti-aliased, fp32: it has no CPU mixed precision)
+  vs medgen at its default precision (``train.precision: auto``).
+
+Ratios are of the fastest iterations (min, the better estimate of the code's own speed on a
+shared machine) and of the medians. Every model's step is counted with
+``torch.utils.flop_counter`` and shown as GFLOP/s beside this machine's measured fp32/bf16
+matmul and 3x3-convolution rates. Prints numbers, asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
+from typing import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from medgen.models.registry import build_model
-from medgen.train.step import EngineStepContext, amp_dtype_for, make_scalers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from medgen.models.registry import build_model  # noqa: E402
+from medgen.train import precision  # noqa: E402
+from medgen.train.step import EngineStepContext, make_scalers  # noqa: E402
 
 MODEL_NAMES = ("cyclegan", "cut", "fastcut", "pix2pix")
-# s/iteration of the public reference implementation (batch 1, ngf 64, 9 blocks, 2 CPU cores)
-PUBLISHED_CPU = {("cut", 64): 0.8, ("cut", 128): 2.7, ("fastcut", 64): 0.56, ("fastcut", 128): 1.47}
 
 
-def model_options(name: str, args: argparse.Namespace, size: int) -> dict:
-    options: dict = dict(ngf=args.ngf)
-    if name == "pix2pix":
-        # the U-Net bottleneck at 1 px: 2**num_downs = size (as 8 downs for 256 px in the paper)
-        options["num_downs"] = max(2, size.bit_length() - 1)
-    else:
-        options["n_blocks"] = args.n_blocks
-    return options
+# ----------------------------------------------------------------------------------- machine
+def machine_rates(reps: int = 3) -> dict[str, float]:
+    """Best GFLOP/s of a 1024^3 matmul and of a 256-channel 3x3 conv at 32x32 (forward + backward), fp32 and bf16."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1)
+    x = torch.randn(1, 256, 32, 32, requires_grad=True)
+    conv_flops = 3 * 2 * 256 * 256 * 9 * 32 * 32  # forward, grad input, grad weight
 
-
-def time_model(name: str, size: int, args: argparse.Namespace, device: torch.device) -> list[float]:
-    """Seconds of each timed training iteration of model ``name`` at ``size``x``size``."""
-    torch.manual_seed(0)
-    model = build_model(name, **model_options(name, args, size)).to(device)
-    source = torch.rand(1, 1, size, size, device=device) * 2 - 1
-    target = torch.rand(1, 1, size, size, device=device) * 2 - 1  # unpaired for cyclegan/cut
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        source, target = (t.contiguous(memory_format=torch.channels_last) for t in (source, target))
-    optimizers = model.configure_optimizers()
-    amp_dtype = amp_dtype_for(device, args.amp)
-    ctx = EngineStepContext(optimizers, make_scalers(list(optimizers), device, amp_dtype), device=device, amp_dtype=amp_dtype)
-    batch = {"source": source, "target": target}
-    model.train()
-    times = []
-    for i in range(args.warmup + args.iters):
-        ctx.step = i + 1
-        sync(device)
-        t0 = time.perf_counter()
-        model.training_step(batch, ctx)
-        sync(device)
-        if i >= args.warmup:
+    def best(fn: Callable[[], None], flops: float) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
             times.append(time.perf_counter() - t0)
+        return flops / min(times) / 1e9
+
+    def conv_step(dtype: torch.dtype | None) -> Callable[[], None]:
+        def run() -> None:
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                y = conv(x)
+            y.float().sum().backward()
+        return run
+
+    ab16 = (a.bfloat16(), b.bfloat16())
+    return {
+        "matmul fp32": best(lambda: a @ b, 2 * 1024**3),
+        "matmul bf16": best(lambda: ab16[0] @ ab16[1], 2 * 1024**3),
+        "conv fp32": best(conv_step(None), conv_flops),
+        "conv bf16": best(conv_step(torch.bfloat16), conv_flops),
+    }
+
+
+# ------------------------------------------------------------------------------------ runners
+class MedgenRunner:
+    """One medgen model at one size and precision; ``step()`` is one training iteration."""
+
+    def __init__(self, name: str, size: int, args: argparse.Namespace, prec: str) -> None:
+        torch.manual_seed(0)
+        options: dict = dict(ngf=args.ngf)
+        if name == "pix2pix":  # the U-Net bottleneck at 1 px: 2**num_downs = size
+            options["num_downs"] = max(2, size.bit_length() - 1)
+        else:
+            options["n_blocks"] = args.n_blocks
+        self.model = build_model(name, **options)
+        source = torch.rand(1, 1, size, size) * 2 - 1
+        target = torch.rand(1, 1, size, size) * 2 - 1  # unpaired for cyclegan/cut
+        if args.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            source, target = (t.contiguous(memory_format=torch.channels_last) for t in (source, target))
+        device = torch.device("cpu")
+        optimizers = self.model.configure_optimizers()
+        self.dtype = precision.autocast_dtype(prec, device)
+        self.ctx = EngineStepContext(optimizers, make_scalers(list(optimizers), device, self.dtype), device=device, amp_dtype=self.dtype)
+        self.batch = {"source": source, "target": target}
+        self.model.train()
+        self.calls = 0
+
+    def step(self) -> None:
+        self.calls += 1
+        self.ctx.step = self.calls
+        self.model.training_step(self.batch, self.ctx)
+
+
+def count_gflop(step: Callable[[], None]) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
+def time_interleaved(runners: dict[str, Callable[[], None]], warmup: int, iters: int) -> dict[str, list[float]]:
+    """Seconds of each timed iteration, the runners taking turns every iteration."""
+    for _ in range(warmup):
+        for step in runners.values():
+            step()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(iters):
+        for key, step in runners.items():
+            t0 = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - t0)
     return times
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# ------------------------------------------------------------------------------------- report
+def print_rows(times: dict[str, list[float]], gflop: dict[str, float], rates: dict[str, float]) -> None:
+    print(f"{'':<30}{'min s/it':>10}{'median':>9}{'GFLOP':>8}{'GFLOP/s':>9}{'% conv fp32':>13}{'% conv bf16':>13}")
+    for key, t in times.items():
+        best, med = min(t), statistics.median(t)
+        rate = gflop[key] / best
+        print(f"{key:<30}{best:>10.3f}{med:>9.3f}{gflop[key]:>8.1f}{rate:>9.1f}"
+              f"{100 * rate / rates['conv fp32']:>12.0f}%{100 * rate / rates['conv bf16']:>12.0f}%")
 
 
-def run_device(device: torch.device, args: argparse.Namespace) -> None:
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
-    print(f"\n== {device} (threads {torch.get_num_threads()}, amp {args.amp and device.type == 'cuda'}, channels_last {args.channels_last}) ==")
-    print(f"{'model':<10}{'size':>6}{'min s/it':>11}{'median s/it':>13}{'it/s (min)':>12}")
-    results: dict[tuple[str, int], tuple[float, float]] = {}
+def ratio(times: dict[str, list[float]], slow: str, fast: str) -> str:
+    a, b = times[slow], times[fast]
+    return f"{min(a) / min(b):.2f}x (min) / {statistics.median(a) / statistics.median(b):.2f}x (median)"
+
+
+def run_reference(args: argparse.Namespace, rates: dict[str, float]) -> None:
+    from reference_cut import ReferenceCUT  # noqa: PLC0415
+
+    default_dtype = precision.autocast_dtype("auto", torch.device("cpu"))
+    default_name = precision.describe(default_dtype)
     for size in args.sizes:
-        for name in args.models:
-            times = time_model(name, size, args, device)
-            best, median = min(times), statistics.median(times)
-            results[name, size] = (best, median)
-            print(f"{name:<10}{size:>6}{best:>11.3f}{median:>13.3f}{1 / best:>12.2f}", flush=True)
-    print_ratios(results, args.sizes)
-    if device.type == "cpu":
-        print_published(results, args)
+        for mode in ("cut", "fastcut"):
+            print(f"\n-- {mode} @ {size}x{size}, batch 1, ngf {args.ngf}, {args.n_blocks} blocks; interleaved, warm-up {args.warmup}, {args.iters} timed --")
+            ref_default = ReferenceCUT(args.reference, mode, size, antialias=True, ngf=args.ngf)
+            ref_plain = ReferenceCUT(args.reference, mode, size, antialias=False, ngf=args.ngf)
+            medgen_fp32 = MedgenRunner(mode, size, args, "fp32")
+            runners = {
+                "reference defaults (AA, fp32)": ref_default.step,
+                "reference no-AA fp32": ref_plain.step,
+                "medgen fp32": medgen_fp32.step,
+            }
+            if default_dtype is not None:
+                runners[f"medgen default ({default_name})"] = MedgenRunner(mode, size, args, "auto").step
+            gflop = {k: count_gflop(step) for k, step in runners.items()}
+            times = time_interleaved(runners, args.warmup, args.iters)
+            print_rows(times, gflop, rates)
+            default_key = f"medgen default ({default_name})" if default_dtype is not None else "medgen fp32"
+            print(f"  speed-up, equal arithmetic (no AA, fp32):            {ratio(times, 'reference no-AA fp32', 'medgen fp32')}")
+            print(f"  speed-up, defaults (reference AA fp32 vs medgen {default_name}): {ratio(times, 'reference defaults (AA, fp32)', default_key)}")
 
 
-def print_ratios(results: dict[tuple[str, int], tuple[float, float]], sizes: list[int]) -> None:
-    print("\nthis run, time per iteration relative to CycleGAN on the same data (min / median):")
-    for size in sizes:
-        if ("cyclegan", size) not in results:
-            continue
-        base = results["cyclegan", size]
-        for name in ("cut", "fastcut"):
-            if (name, size) in results:
-                ours = results[name, size]
-                print(f"  {name}/cyclegan @ {size}: {ours[0] / base[0]:.2f} / {ours[1] / base[1]:.2f}")
-
-
-def print_published(results: dict[tuple[str, int], tuple[float, float]], args: argparse.Namespace) -> None:
-    if (args.ngf, args.n_blocks) != (64, 9):
-        return
-    print("\npublished reference figures (public reference implementation, same sizes, batch 1, ngf 64, 9 blocks,")
-    print("2-core machine of the same class; NOT measured in this run) vs this run:")
-    for (name, size), ref in PUBLISHED_CPU.items():
-        if (name, size) in results:
-            best, median = results[name, size]
-            print(f"  {name:<8}{size:>4}: reference {ref:.2f} s/it, here {best:.3f} (min) / {median:.3f} (median) -> {ref / best:.2f}x / {ref / median:.2f}x faster")
+def run_medgen_models(args: argparse.Namespace, rates: dict[str, float]) -> None:
+    for size in args.sizes:
+        print(f"\n-- medgen models @ {size}x{size}, precision {args.precision}, channels_last {args.channels_last}; interleaved --")
+        runners = {name: MedgenRunner(name, size, args, args.precision).step for name in args.models}
+        gflop = {k: count_gflop(step) for k, step in runners.items()}
+        times = time_interleaved(runners, args.warmup, args.iters)
+        print_rows(times, gflop, rates)
+        if "cyclegan" in times:
+            for name in ("cut", "fastcut"):
+                if name in times:
+                    print(f"  {name} is {ratio(times, 'cyclegan', name)} faster than cyclegan")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", type=Path, help="local checkout of taesungp/contrastive-unpaired-translation: time it beside medgen's CUT/FastCUT")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES, help="medgen models of the own table (without --reference, or with --all)")
+    parser.add_argument("--all", action="store_true", help="with --reference, also the table of every medgen model")
     parser.add_argument("--ngf", type=int, default=64)
     parser.add_argument("--n-blocks", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CPU, and CUDA too when available")
-    parser.add_argument("--amp", action="store_true", help="bf16/fp16 autocast on CUDA (as the engine's default)")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for weights and inputs")
+    parser.add_argument("--precision", default="auto", choices=precision.PRECISIONS, help="medgen's precision in its own table")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for medgen's weights and inputs")
     parser.add_argument("--quick", action="store_true", help="64x64 only, 1 warm-up and 3 timed iterations")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.warmup, args.iters = [64], 1, 3
+    if args.reference is not None and args.n_blocks != 9:
+        parser.error("--reference compares the reference's 9-block generator: leave --n-blocks at 9")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    devices = [torch.device("cpu")] if args.device in ("auto", "cpu") else []
-    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
-        devices.append(torch.device("cuda"))
     t0 = time.perf_counter()
-    for device in devices:
-        run_device(device, args)
+    flags = ",".join(precision.cpu_bf16_flags()) or "none"
+    print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, native bf16 flags: {flags}; "
+          f"medgen default CPU precision: {precision.describe(precision.autocast_dtype('auto', torch.device('cpu')))}")
+    rates = machine_rates()
+    print("machine rates (GFLOP/s, best of 3): " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
+    if args.reference is not None:
+        run_reference(args, rates)
+    if args.reference is None or args.all:
+        run_medgen_models(args, rates)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

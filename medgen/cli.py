@@ -126,6 +126,7 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from medgen.data.datasets import CachePolicy, set_default_cache_policy
     from medgen.train.engine import TrainConfig
     from medgen.train.run import train_task
 
@@ -138,13 +139,16 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         amp=not args.no_amp,
+        precision=args.precision,
         compile=args.compile,
         ckpt_every=args.ckpt_every,
         log_every=args.log_every,
         image_every=args.image_every,
         ema_decay=None if args.ema_decay <= 0 else args.ema_decay,
         grad_clip=args.grad_clip,
+        num_workers=args.num_workers,
     )
+    set_default_cache_policy(CachePolicy(ram_mb=args.cache_ram_mb, dir=args.cache_dir))
     path = train_task(
         prep_root=args.prep_root,
         split_path=args.split,
@@ -352,8 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_at_least(1), default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision (same as --precision fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast on GPUs with bf16 and CPUs with avx512_bf16/AMX, fp16 on older GPUs, else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--num-workers", type=_at_least(0), default=0, help="data-loading worker processes")
+    p.add_argument("--cache-ram-mb", type=float, default=None, help="MB of volumes cached in RAM (default: all); the rest on disk")
+    p.add_argument("--cache-dir", type=Path, default=None, help="local-disk cache for volumes beyond --cache-ram-mb (default: a temporary folder)")
     p.add_argument("--ckpt-every", type=_at_least(1), default=100)
     p.add_argument("--log-every", type=_at_least(1), default=10)
     p.add_argument("--image-every", type=_at_least(0), default=200)

@@ -2,12 +2,14 @@
 # resumable state, which Snakemake must not delete when a job fails or is killed. The job resumes
 # it only if it records this run's fingerprint (model, options, task, split, preprocessing, data);
 # a checkpoint of another run is moved aside (checkpoint.stale-<n>.pt) and training starts afresh.
+from medgen.train.launch import torchrun_command
 from pipeline.targets import model_options_json, run_model, run_seed, task_json, train_setting
 
-# Several GPUs of one node: one process per GPU through torchrun (gradients averaged each step),
-# started as a module of the same Python as MEDGEN (no `torchrun` on PATH needed).
+# Several GPUs: one process per GPU through torchrun (gradients averaged each step); several
+# nodes (train.nodes > 1): srun starts one torchrun agent per node, joined by a c10d rendezvous.
 _GPUS = config["train"]["gpus"]
-_MEDGEN_TRAIN = f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {_GPUS} -m medgen.cli train" if _GPUS > 1 else f"{MEDGEN} train"
+_NODES = config["train"].get("nodes", 1)
+_MEDGEN_TRAIN = torchrun_command(python=PYTHON, nodes=_NODES, procs_per_node=max(_GPUS, 1), rdzv_id="medgen-{wildcards.task}-{wildcards.model}")
 
 
 rule train:
@@ -26,7 +28,10 @@ rule train:
         steps=lambda wc: train_setting(config, wc.task, wc.model, "steps"),
         batch=lambda wc: train_setting(config, wc.task, wc.model, "batch_size"),
         t=config["train"],
-        flags=("" if config["train"]["amp"] else " --no-amp") + (" --compile" if config["train"]["compile"] else ""),
+        flags=("" if config["train"]["amp"] else " --no-amp") + (" --compile" if config["train"]["compile"] else "")
+        + f" --precision {config['train'].get('precision', 'auto')} --num-workers {config['train'].get('num_workers', 0)}"
+        + (f" --cache-ram-mb {config['train']['cache']['ram_mb']}" if config["train"].get("cache", {}).get("ram_mb") is not None else "")
+        + (f" --cache-dir {config['train']['cache']['dir']}" if config["train"].get("cache", {}).get("dir") else ""),
     log:
         f"{RESULTS}/logs/train/{{task}}/{{model}}.log",
     benchmark:
@@ -35,6 +40,7 @@ rule train:
         mem_mb=8000,
         runtime=240,
         gpu=config["train"]["gpus"],
+        nodes=_NODES,
     shell:
         f"{_MEDGEN_TRAIN} --prep-root {{params.prep}} --split {{input.split}} --task-json {{params.task:q}}"
         " --model {params.name} --options-json {params.options:q} --out {params.out}"

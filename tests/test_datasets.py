@@ -10,7 +10,7 @@ import pytest
 import torch
 from monai.transforms import RandFlipd
 
-from medgen.data.datasets import PatchDataset, SliceDataset
+from medgen.data.datasets import CachePolicy, PatchDataset, SliceDataset, subject_nbytes
 from medgen.data.preprocess import PreprocessConfig, preprocess_subject
 from medgen.io.nifti import save_nifti
 
@@ -140,3 +140,40 @@ def test_missing_inputs_raise(prep_root: Path, tmp_path: Path) -> None:
         SliceDataset(prep_root, ["sub-404"], MODS)
     with pytest.raises(FileNotFoundError, match="FLAIR"):
         PatchDataset(prep_root, SUBJECTS, ["FLAIR"])
+
+
+def _assert_items_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b[key]), key
+        else:
+            assert value == b[key], key
+
+
+def test_cache_budget_keeps_subjects_beyond_it_on_disk_with_the_same_items(prep_root: Path, tmp_path: Path) -> None:
+    all_ram = SliceDataset(prep_root, SUBJECTS, MODS, labels=True)
+    assert all_ram.volumes.in_ram == 2 and all_ram.volumes.disk is None
+    per_subject = subject_nbytes({k: str(prep_root / SUBJECTS[0] / f) for k, f in
+                                  {"T1w": "T1w.nii.gz", "T2w": "T2w.nii.gz", "mask": "mask.nii.gz", "labels": "labels.nii.gz"}.items()},
+                                 ["T1w", "T2w", "mask", "labels"])
+    assert per_subject == 4 * 4 * int(np.prod(SHAPE))  # four float32 volumes
+    # a budget of 1.5 subjects: the first subject in RAM, the second in the disk cache
+    cache = CachePolicy(ram_mb=1.5 * per_subject / 2**20, dir=tmp_path / "cache")
+    bounded = SliceDataset(prep_root, SUBJECTS, MODS, labels=True, cache=cache)
+    assert bounded.volumes.in_ram == 1 and len(bounded.volumes.ram) == 1
+    assert len(bounded) == len(all_ram)
+    for i in range(len(all_ram)):
+        _assert_items_equal(bounded[i], all_ram[i])
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # one file for the disk-cached subject
+    # worker processes read the same items from both caches
+    loader = torch.utils.data.DataLoader(bounded, batch_size=4, num_workers=2)
+    serial = torch.utils.data.DataLoader(all_ram, batch_size=4, num_workers=0)
+    for a, b in zip(loader, serial):
+        _assert_items_equal(a, b)
+    # patches too (same seed, same draws)
+    patches = PatchDataset(prep_root, SUBJECTS, MODS, patch_size=(8, 8, 8), samples_per_volume=2, seed=4, cache=CachePolicy(ram_mb=0))
+    reference = PatchDataset(prep_root, SUBJECTS, MODS, patch_size=(8, 8, 8), samples_per_volume=2, seed=4)
+    assert patches.volumes.in_ram == 0
+    for i in range(len(reference)):
+        _assert_items_equal(patches[i], reference[i])

@@ -1,7 +1,13 @@
 """Training data from preprocessed subjects (``prep_root/<subject>/<modality>.nii.gz``, mask, labels).
 
-Volumes are loaded once and cached with MONAI's CacheDataset; :class:`SliceDataset` serves 2D
-axial slices and :class:`PatchDataset` 3D patches. Every item holds all requested modalities of
+Volumes are loaded once and cached (:class:`CachePolicy`): in RAM with MONAI's CacheDataset up to
+``ram_mb`` per training process, the rest with MONAI's PersistentDataset on local disk (loaded
+and converted once, then read back per item as uncompressed tensors). PersistentDataset rather
+than SmartCacheDataset: SmartCacheDataset swaps its cached subset in a background thread on a
+schedule of its own, so which subjects an item can come from would depend on timing and
+epochs, breaking the engine's data order that is a function of (seed, epoch) only and exact
+resume; PersistentDataset serves every item of every subject at any time, from any worker.
+:class:`SliceDataset` serves 2D axial slices and :class:`PatchDataset` 3D patches. Every item holds all requested modalities of
 the same subject at the same place (paired), plus the mask:
 
     {<modality>: float32 (1, ...), "mask": float32 (1, ...), "labels": int64 (1, ...) (optional),
@@ -11,14 +17,17 @@ the same subject at the same place (paired), plus the mask:
 from __future__ import annotations
 
 import logging
+import math
+import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import CacheDataset, MetaTensor
+from monai.data import CacheDataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, FgBgToIndicesd, LoadImaged, RandCropByPosNegLabeld, SpatialPadd
 from torch.utils.data import Dataset
 
@@ -77,25 +86,80 @@ def _finish(item: Item, image_keys: Sequence[str], transform: Transform | None) 
     return out
 
 
-class _Volumes:
-    """Cached whole volumes of each subject, (1, X, Y, Z) each, via MONAI CacheDataset."""
+@dataclass(frozen=True)
+class CachePolicy:
+    """Where the training volumes are kept (``train.cache``).
 
-    def __init__(self, prep_root: Path | str, subjects: Sequence[str], modalities: Sequence[str], *, labels: bool, cache_rate: float, extra: Sequence[Callable] = ()) -> None:
+    ``ram_mb``: MB of volumes held in RAM per process (None: every subject); subjects beyond it
+    go to ``dir`` (None: a temporary folder, removed with the dataset). Use a local disk for
+    ``dir``: every item of a disk-cached subject reads that subject's volumes back.
+    """
+
+    ram_mb: float | None = None
+    dir: Path | str | None = None
+
+
+_DEFAULT_POLICY = CachePolicy()
+
+
+def set_default_cache_policy(policy: CachePolicy) -> None:
+    """The policy of datasets built without one (``medgen train`` sets it from its flags)."""
+    global _DEFAULT_POLICY
+    _DEFAULT_POLICY = policy
+
+
+def subject_nbytes(record: dict[str, str], keys: Sequence[str]) -> int:
+    """Bytes of one subject's cached volumes (float32, shapes read from the NIfTI headers)."""
+    return sum(4 * math.prod(nib.load(record[k]).shape) for k in keys)
+
+
+class _Volumes:
+    """Whole volumes of each subject, (1, X, Y, Z) each: the first subjects that fit in
+    ``policy.ram_mb`` via MONAI CacheDataset, the rest via PersistentDataset on disk."""
+
+    def __init__(self, prep_root: Path | str, subjects: Sequence[str], modalities: Sequence[str], *, labels: bool, cache_rate: float, extra: Sequence[Callable] = (), policy: CachePolicy | None = None) -> None:
         self.root = Path(prep_root)
         self.subjects = list(subjects)
         self.modalities = list(modalities)
         self.has_labels = _labels_wanted(self.root, self.subjects, labels)
         self.keys = [*self.modalities, "mask", *(["labels"] if self.has_labels else [])]
         records = _records(self.root, self.subjects, self.modalities, self.has_labels)
+        policy = policy or _DEFAULT_POLICY
+        self.in_ram = self._ram_count(records, policy, cache_rate)
         load = LoadImaged(keys=self.keys, image_only=True, ensure_channel_first=True, dtype=np.float32)
+        transform = Compose([load, *extra])
         # copy_cache=False: items only read from the cached volumes (slicing/cropping makes new tensors).
-        self.data = CacheDataset(records, transform=Compose([load, *extra]), cache_rate=cache_rate, num_workers=0, copy_cache=False, progress=False)
+        self.ram = CacheDataset(records[: self.in_ram], transform=transform, cache_rate=1.0, num_workers=0, copy_cache=False, progress=False)
+        self.disk: PersistentDataset | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if self.in_ram < len(records):
+            cache_dir = policy.dir
+            if cache_dir is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="medgen_cache_")
+                cache_dir = self._tmp.name
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            self.disk = PersistentDataset(records[self.in_ram :], transform=transform, cache_dir=cache_dir, track_meta=True)  # keeps affines (patch_start); loaded weights-only
+            log.info("caching %d of %d subjects in RAM, %d on disk in %s", self.in_ram, len(records), len(records) - self.in_ram, cache_dir)
+
+    def _ram_count(self, records: list[dict[str, str]], policy: CachePolicy, cache_rate: float) -> int:
+        count = min(len(records), int(len(records) * cache_rate + 0.5)) if cache_rate < 1.0 else len(records)
+        if policy.ram_mb is None:
+            return count
+        budget, used = policy.ram_mb * 2**20, 0
+        for n, record in enumerate(records[:count]):
+            used += subject_nbytes(record, self.keys)
+            if used > budget:
+                return n
+        return count
 
     def __len__(self) -> int:
         return len(self.subjects)
 
     def __getitem__(self, index: int) -> Item:
-        return self.data[index]
+        if index < self.in_ram:
+            return self.ram[index]
+        assert self.disk is not None
+        return self.disk[index - self.in_ram]
 
 
 #: Default share of a slice the head mask must cover for the slice to be served (training and
@@ -123,10 +187,11 @@ class SliceDataset(Dataset):
         cache_rate: float = 1.0,
         transform: Transform | None = None,
         labels: bool = False,
+        cache: CachePolicy | None = None,
     ) -> None:
         if not 0.0 <= min_mask_fraction <= 1.0:
             raise ValueError(f"min_mask_fraction must lie in [0, 1], got {min_mask_fraction}")
-        self.volumes = _Volumes(prep_root, subjects, modalities, labels=labels, cache_rate=cache_rate)
+        self.volumes = _Volumes(prep_root, subjects, modalities, labels=labels, cache_rate=cache_rate, policy=cache)
         self.modalities = list(modalities)
         self.transform = transform
         self.min_mask_fraction = float(min_mask_fraction)
@@ -181,6 +246,7 @@ class PatchDataset(Dataset):
         cache_rate: float = 1.0,
         transform: Transform | None = None,
         labels: bool = False,
+        cache: CachePolicy | None = None,
     ) -> None:
         if samples_per_volume < 1:
             raise ValueError(f"samples_per_volume must be >= 1, got {samples_per_volume}")
@@ -190,7 +256,7 @@ class PatchDataset(Dataset):
         # foreground/background indices of the mask are computed once and cached.
         pad = SpatialPadd(keys=keys_probe, spatial_size=self.patch_size, mode=["edge"] * len(modalities) + ["constant", "constant"], allow_missing_keys=True)
         indices = FgBgToIndicesd(keys="mask", fg_postfix="_fg", bg_postfix="_bg")
-        self.volumes = _Volumes(prep_root, subjects, modalities, labels=labels, cache_rate=cache_rate, extra=[pad, indices])
+        self.volumes = _Volumes(prep_root, subjects, modalities, labels=labels, cache_rate=cache_rate, extra=[pad, indices], policy=cache)
         self.modalities = list(modalities)
         self.samples_per_volume = int(samples_per_volume)
         self.seed = int(seed)

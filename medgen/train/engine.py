@@ -35,7 +35,8 @@ from medgen.train import distributed as ddp
 from medgen.train.ema import EMA
 from medgen.train.logging import ProgressBar, RunLogger
 from medgen.train.sampler import EpochSampler
-from medgen.train.step import EngineStepContext, amp_dtype_for, make_scalers
+from medgen.train import precision
+from medgen.train.step import EngineStepContext, make_scalers
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class TrainConfig:
     batch_size: int = 16  # per rank
     seed: int = 0
     device: str = "auto"  # auto -> cuda (cuda:<LOCAL_RANK> under torchrun) if available, else cpu
-    amp: bool = True  # only takes effect on CUDA: bf16 autocast, or fp16 autocast + GradScaler
+    amp: bool = True  # False forces fp32 whatever ``precision`` says
+    precision: str = "auto"  # auto | fp32 | bf16 (medgen.train.precision: auto = bf16 where the hardware has it)
     compile: bool = False  # torch.compile each of the model's networks in place
     ckpt_every: int = 100  # steps; a checkpoint is also written at max_steps
     log_every: int = 10  # steps between scalar log points (losses averaged over the interval)
@@ -65,6 +67,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "ckpt_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in precision.PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {', '.join(precision.PRECISIONS)}, got {self.precision!r}")
 
 
 class Trainer:
@@ -84,7 +88,9 @@ class Trainer:
             compile_networks(self.model)
         self.optimizers: dict[str, torch.optim.Optimizer] = dict(self.model.configure_optimizers())
         self.schedulers: dict[str, Any] = dict(self.model.configure_schedulers(self.optimizers, cfg.max_steps))
-        self.amp_dtype = amp_dtype_for(self.device, cfg.amp)
+        self.amp_dtype = precision.autocast_dtype(cfg.precision if cfg.amp else "fp32", self.device)
+        if self.env.is_main:
+            log.info("training on %s in %s", self.device, precision.describe(self.amp_dtype))
         self.scalers = make_scalers(list(self.optimizers), self.device, self.amp_dtype)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.ctx = EngineStepContext(
