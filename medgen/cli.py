@@ -96,6 +96,8 @@ def _train(args: argparse.Namespace) -> int:
         image_every=args.image_every,
         ema_decay=None if args.ema_decay <= 0 else args.ema_decay,
         grad_clip=args.grad_clip,
+        val_every=args.val_every,
+        deterministic=args.deterministic,
     )
     try:
         path = train_task(
@@ -253,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-every", type=int, default=200)
     p.add_argument("--ema-decay", type=float, default=0.999, help="<= 0 disables the EMA")
     p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--val-every", type=int, default=0, help="translation: validation MAE every N steps; model.pt holds the best (0: none, last weights)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms where torch has them (see medgen.train.determinism)")
     p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
     p.set_defaults(handler=_train)

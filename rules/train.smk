@@ -19,9 +19,11 @@ rule train:
         task=lambda wc: task_json(config, wc.task),
         options=lambda wc: model_options_json(config, wc.task, wc.model),
         steps=lambda wc: train_setting(config, wc.task, wc.model, "steps"),
+        val_every=lambda wc: train_setting(config, wc.task, wc.model, "val_every"),
         batch=lambda wc: train_setting(config, wc.task, wc.model, "batch_size"),
         t=config["train"],
-        flags=("" if config["train"]["amp"] else " --no-amp") + (" --compile" if config["train"]["compile"] else ""),
+        flags=("" if config["train"]["amp"] else " --no-amp") + (" --compile" if config["train"]["compile"] else "")
+        + (" --deterministic" if config["train"]["deterministic"] else ""),
     log:
         f"{RESULTS}/logs/train/{{task}}/{{model}}.log",
     benchmark:
@@ -35,4 +37,4 @@ rule train:
         " --model {wildcards.model} --options-json {params.options:q} --out {params.out}"
         " --steps {params.steps} --batch-size {params.batch} --seed {params.t[seed]} --device {params.t[device]}"
         " --ckpt-every {params.t[ckpt_every]} --log-every {params.t[log_every]} --image-every {params.t[image_every]}"
-        " --ema-decay {params.t[ema_decay]}{params.flags} > {log} 2>&1"
+        " --ema-decay {params.t[ema_decay]} --val-every {params.val_every}{params.flags} > {log} 2>&1"

@@ -33,6 +33,7 @@ from medgen.models.base import GenerativeModel
 from medgen.models.registry import MODELS, build_model
 from medgen.train import checkpoint as ckpt
 from medgen.train.engine import TrainConfig, Trainer
+from medgen.train.validation import PairedSlices, TranslationValidator
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def train_task(
     prep_root = Path(prep_root)
     if model_name not in MODELS:
         raise KeyError(f"unknown model {model_name!r}; valid models: {', '.join(sorted(MODELS))}")
-    subjects = read_split(split_path)["train"]
+    split = read_split(split_path)
+    subjects = split["train"]
     options = dict(options)
     spatial_dims = int(options.setdefault("spatial_dims", 2))
     patch_size = options.pop("patch_size", None) if spatial_dims == 3 else None
@@ -134,9 +136,23 @@ def train_task(
         "medgen_version": __version__,
     }
     log.info("training %s on task %s: %d items from %d subjects", model_name, task.get("name"), len(dataset), len(subjects))
-    trainer = Trainer(model, dataset, train_cfg, config_snapshot=meta)
+    validator = _translation_validator(task, prep_root, split.get("val", []), mappings, spatial_dims, patch_size, train_cfg)
+    trainer = Trainer(model, dataset, train_cfg, config_snapshot=meta, validator=validator)
     trainer.fit(resume=resume)
     return trainer.save_final()
+
+
+def _translation_validator(
+    task: Mapping[str, Any], prep_root: Path, subjects: Sequence[str], mappings: Mapping[str, Any], spatial_dims: int, patch_size: Any, train_cfg: TrainConfig
+) -> TranslationValidator | None:
+    """MAE on the validation subjects for translation tasks with ``val_every`` set (else None)."""
+    if task["kind"] != "translation" or train_cfg.val_every <= 0:
+        return None
+    if not subjects:
+        log.warning("train.val_every is set but the split has no validation subjects: model.pt holds the last weights")
+        return None
+    pairs = PairedSlices(prep_root, subjects, task["source"], task["target"], spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed)
+    return TranslationValidator(pairs, target=task["target"], target_mapping=mappings[task["target"]])
 
 
 def load_trained(path: Path | str, device: str | torch.device = "cpu") -> TrainedModel:
