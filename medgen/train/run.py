@@ -116,6 +116,7 @@ def train_task(
         dataset = with_augmentation(dataset, extra_manifests, mappings, classes or modalities)
     n_classes = len(classes) if classes and task.get("condition") in CLASS_CONDITIONS else None
     options = _fill_shape_options(model_name, options, dataset[0], n_classes)
+    ckpt.seed_everything(train_cfg.seed)  # the initial weights are a function of the seed
     model = build_model(model_name, **options)
     meta = {
         "model": model_name,
