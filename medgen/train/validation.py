@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medgen.data.datasets import PatchDataset, SliceDataset
+from medgen.data.tasks import TranslationDataset
 from medgen.data.normalise import invert_normalisation, is_ct
 
 
@@ -34,22 +34,20 @@ class Validator(Protocol):
 
 class PairedSlices(Dataset):
     """``{"source", "target", "mask"}`` of the same subject and place, from preprocessed subjects:
-    2D axial slices, or for 3D models ``samples_per_volume`` seeded patches per subject (the same
-    patches at every validation)."""
+    2D axial slices (a 2.5D source with ``context`` neighbour slices on each side), or for 3D
+    models seeded patches per subject (the same patches at every validation)."""
 
-    def __init__(self, prep_root, subjects, source: str, target: str, *, spatial_dims: int = 2, patch_size=None, seed: int = 0) -> None:
+    def __init__(self, prep_root, subjects, source: str, target: str, *, spatial_dims: int = 2, patch_size=None, seed: int = 0, context: int = 0) -> None:
         self.source, self.target = source, target
-        if spatial_dims == 2:
-            self.base: Dataset = SliceDataset(prep_root, subjects, [source, target])
-        else:
-            self.base = PatchDataset(prep_root, subjects, [source, target], patch_size=tuple(patch_size or (32, 32, 32)), seed=seed)
+        self.pairs = TranslationDataset(prep_root, subjects, source, target, paired=True, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, context=context)
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = self.base[i]
-        return {"source": item[self.source], "target": item[self.target], "mask": item["mask"]}
+        item = self.pairs.base[i]
+        source = self.pairs.source_slices(i) if self.pairs.context else item[self.source]
+        return {"source": source, "target": item[self.target], "mask": item["mask"]}
 
 
 class TranslationValidator:
