@@ -211,14 +211,15 @@ def main() -> None:
 
             cfg = TrainConfig(out_dir=out, max_steps=args.steps, batch_size=args.batch_size, seed=args.seed, image_every=0,
                               ckpt_every=max(args.steps, 1), log_every=max(args.steps // 10, 1), val_every=args.val_every)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             path = train_task(prep_root=args.cohort / "prep", split_path=args.cohort / "splits.json", task=task,
                               model_name=args.model, options=options, train_cfg=cfg, resume=False)
-            train_s = time.perf_counter() - t
+            train_s, train_cpu_s = time.perf_counter() - t, time.process_time() - cpu
             log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
             rates = [r["images_per_s"] for r in log if "images_per_s" in r]
             maes = score(args.cohort, split["test"], source, target, model_predictor(args.cohort, path, target, Path(tmp)))
             row.update(model=args.model, options=options, steps=args.steps, batch=args.batch_size, train_s=round(train_s, 1),
+                       train_core_s=round(train_cpu_s, 1),
                        images_per_s=round(float(np.median(rates)), 1), threads=torch.get_num_threads(),
                        model_mae=round(float(np.mean(maes)), 3), model_per_subject=[round(m, 3) for m in maes],
                        ratio_to_lookup=round(float(np.mean(maes) / np.mean(lookup)), 3),
