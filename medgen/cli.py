@@ -147,6 +147,8 @@ def _train(args: argparse.Namespace) -> int:
         ema_decay=None if args.ema_decay <= 0 else args.ema_decay,
         grad_clip=args.grad_clip,
         num_workers=args.num_workers,
+        val_every=args.val_every,
+        deterministic=args.deterministic,
     )
     set_default_cache_policy(CachePolicy(ram_mb=args.cache_ram_mb, dir=args.cache_dir))
     path = train_task(
@@ -368,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-every", type=_at_least(0), default=200)
     p.add_argument("--ema-decay", type=float, default=0.999, help="<= 0 disables the EMA")
     p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--val-every", type=int, default=0, help="translation: validation MAE every N steps; model.pt holds the best (0: none, last weights)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms where torch has them (see medgen.train.determinism)")
     p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
     p.add_argument("--restart", action="store_true",

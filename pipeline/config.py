@@ -116,7 +116,7 @@ def _extractor_problems(cfg: dict[str, Any]) -> Iterator[str]:
 
 
 #: keys of a model's entry that configure its training or sampling rather than the model
-TRAIN_KEYS = ("steps", "batch_size", "temperature")
+TRAIN_KEYS = ("steps", "batch_size", "temperature", "val_every")
 LABEL_MAP_MODELS = frozenset({"spade"})
 GENERATION_MODELS = frozenset({"glow", "gan", "cgan", "spade", "stylegan", "ldm", "vaegan", "bigan"})
 

@@ -26,12 +26,14 @@ rule train:
         seed=lambda wc: run_seed(config, wc.task, wc.model),
         options=lambda wc: model_options_json(config, wc.task, wc.model),
         steps=lambda wc: train_setting(config, wc.task, wc.model, "steps"),
+        val_every=lambda wc: train_setting(config, wc.task, wc.model, "val_every"),
         batch=lambda wc: train_setting(config, wc.task, wc.model, "batch_size"),
         t=config["train"],
         flags=("" if config["train"]["amp"] else " --no-amp") + (" --compile" if config["train"]["compile"] else "")
         + f" --precision {config['train'].get('precision', 'auto')} --num-workers {config['train'].get('num_workers', 0)}"
         + (f" --cache-ram-mb {config['train']['cache']['ram_mb']}" if config["train"].get("cache", {}).get("ram_mb") is not None else "")
-        + (f" --cache-dir {config['train']['cache']['dir']}" if config["train"].get("cache", {}).get("dir") else ""),
+        + (f" --cache-dir {config['train']['cache']['dir']}" if config["train"].get("cache", {}).get("dir") else "")
+        + (" --deterministic" if config["train"]["deterministic"] else ""),
     log:
         f"{RESULTS}/logs/train/{{task}}/{{model}}.log",
     benchmark:
@@ -46,4 +48,4 @@ rule train:
         " --model {params.name} --options-json {params.options:q} --out {params.out}"
         " --steps {params.steps} --batch-size {params.batch} --seed {params.seed} --device {params.t[device]}"
         " --ckpt-every {params.t[ckpt_every]} --log-every {params.t[log_every]} --image-every {params.t[image_every]}"
-        " --ema-decay {params.t[ema_decay]}{params.flags} --on-mismatch restart > {log} 2>&1"
+        " --ema-decay {params.t[ema_decay]} --val-every {params.val_every}{params.flags} --on-mismatch restart > {log} 2>&1"

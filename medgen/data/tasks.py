@@ -115,9 +115,20 @@ class GenerationDataset(Dataset):
         return 0
 
 
+def neighbour_slices(volume: torch.Tensor, k: int, context: int) -> torch.Tensor:
+    """Slices ``k - context .. k + context`` of ``volume`` (C, X, Y, Z) along its last axis as
+    channels (C·(2·context+1), X, Y), the volume's edge slice repeated beyond its ends (2.5D input)."""
+    depth = volume.shape[-1]
+    picks = [min(max(k + d, 0), depth - 1) for d in range(-context, context + 1)]
+    return torch.cat([volume[..., j] for j in picks], dim=0)
+
+
 class TranslationDataset(Dataset):
     """``{"source", "target"}`` pairs from the same subject and position (``paired=True``) or
-    from a seeded, epoch-dependent other position (``paired=False``, unpaired training)."""
+    from a seeded, epoch-dependent other position (``paired=False``, unpaired training).
+
+    ``context`` > 0 (2D only) makes the source 2.5D: the ``context`` slices on either side of the
+    target's slice as extra channels, (2·context+1, X, Y), centre slice in the middle channel."""
 
     def __init__(
         self,
@@ -131,10 +142,13 @@ class TranslationDataset(Dataset):
         patch_size: Sequence[int] | None = None,
         seed: int = 0,
         min_mask_fraction: float = MIN_MASK_FRACTION,
+        context: int = 0,
     ) -> None:
         if source == target:
             raise ValueError(f"source and target are both {source!r}")
-        self.source, self.target, self.paired, self.seed = source, target, paired, seed
+        if context < 0 or (context and spatial_dims != 2):
+            raise ValueError(f"context (neighbour slices of a 2.5D source) must be >= 0 and needs 2D slices; got {context} with spatial_dims {spatial_dims}")
+        self.source, self.target, self.paired, self.seed, self.context = source, target, paired, seed, int(context)
         self.base = _base_dataset(
             Path(prep_root), subjects, [source, target], spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, labels=False, min_mask_fraction=min_mask_fraction
         )
@@ -152,7 +166,14 @@ class TranslationDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = self.base[i]
         target = item[self.target] if self.paired else self.base[int(self._partner[i])][self.target]
-        return {"source": item[self.source], "target": target}
+        return {"source": self.source_slices(i) if self.context else item[self.source], "target": target}
+
+    def source_slices(self, i: int) -> torch.Tensor:
+        """The 2.5D source of item ``i`` from the cached volume, float32."""
+        v, k = self.base.index[i]
+        volume = self.base.volumes[v][self.source]
+        volume = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
+        return neighbour_slices(volume, k, self.context).to(torch.float32)
 
 
 class AugmentationDataset(Dataset):
@@ -181,17 +202,22 @@ class AugmentationDataset(Dataset):
         return {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None], "label": label}
 
 
-def task_dataset(task: Mapping[str, Any], prep_root: Path | str, subjects: Sequence[str], *, model_paired: bool, spatial_dims: int, patch_size: Sequence[int] | None, seed: int) -> Dataset:
+def task_dataset(
+    task: Mapping[str, Any], prep_root: Path | str, subjects: Sequence[str], *, model_paired: bool, spatial_dims: int, patch_size: Sequence[int] | None, seed: int,
+    context: int = 0,
+) -> Dataset:
     """The dataset a task's config asks for (see ``configs/config.schema.yaml``, ``tasks``).
 
     2D slices are served when the head mask covers at least ``task["min_mask_fraction"]`` of the
     slice (the workflow sets it from ``preprocess.min_mask_fraction``; evaluation reads the same
-    value back from the trained model's task).
+    value back from the trained model's task). ``context``: neighbour slices on each side of a
+    2.5D translation source.
     """
     fraction = float(task.get("min_mask_fraction", MIN_MASK_FRACTION))
     if task["kind"] == "translation":
         return TranslationDataset(
-            prep_root, subjects, task["source"], task["target"], paired=model_paired, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, min_mask_fraction=fraction
+            prep_root, subjects, task["source"], task["target"], paired=model_paired, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed,
+            min_mask_fraction=fraction, context=context
         )
     return GenerationDataset(
         prep_root,

@@ -122,18 +122,23 @@ def run_2d(
     batch_size: int,
     device: torch.device,
     progress: bool = False,
+    context: int = 0,
 ) -> np.ndarray:
     """Apply a 2D network ``fn`` ((N, 1, A, B) -> (N, 1, A, B)) to every slice of ``volume`` along ``axis``.
 
     Each slice is padded with ``background`` to sides divisible by ``multiple`` and cropped back
-    after the network. Returns an array of the shape of ``volume`` (float32).
+    after the network. With ``context`` > 0 the network sees a 2.5D input (N, 2·context+1, A, B):
+    the slice and its ``context`` neighbours on each side, the edge slice repeated beyond the
+    volume's ends, as in training. Returns an array of the shape of ``volume`` (float32).
     """
     slices = np.moveaxis(np.asarray(volume, dtype=np.float32), axis, 0)  # (K, A, B)
     (a0, a1), (b0, b1) = (_pad_amounts(n, multiple) for n in slices.shape[1:])
     out = np.empty_like(slices)
     starts = range(0, slices.shape[0], batch_size)
     for start in tqdm(starts, desc="slices", unit="batch", disable=not _progress_enabled(progress)):
-        batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size]))[:, None].to(device)
+        centres = np.arange(start, min(start + batch_size, slices.shape[0]))
+        picks = np.clip(centres[:, None] + np.arange(-context, context + 1)[None, :], 0, slices.shape[0] - 1)  # (n, 2c+1)
+        batch = torch.from_numpy(np.ascontiguousarray(slices[picks])).to(device)
         batch = torch.nn.functional.pad(batch, (b0, b1, a0, a1), mode="constant", value=float(background))
         y = fn(batch)
         y = y[:, 0, a0 : a0 + slices.shape[1], b0 : b0 + slices.shape[2]]
@@ -310,8 +315,9 @@ def translate_volume(
         if slice_axis not in (0, 1, 2):
             raise ValueError(f"axis must be 0, 1 or 2, got {slice_axis}")
         multiple = _size_multiple(model)
+        channels = int(getattr(getattr(model, "config", None), "in_channels", 1))  # 2.5D models see 2·context+1 slices
         y = run_2d(fn, x, axis=slice_axis, multiple=multiple, background=x_background, batch_size=batch_size,
-                   device=torch_device, progress=progress)
+                   device=torch_device, progress=progress, context=(channels - 1) // 2)
     elif dims == 3:
         y = run_3d(fn, x, roi_size=_roi_size(data), overlap=overlap, background=x_background, batch_size=batch_size,
                    device=torch_device, progress=progress)

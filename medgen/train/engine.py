@@ -37,6 +37,8 @@ from medgen.train.logging import ProgressBar, RunLogger
 from medgen.train.sampler import EpochSampler
 from medgen.train import precision
 from medgen.train.step import EngineStepContext, make_scalers
+from medgen.train.determinism import deterministic_mode
+from medgen.train.validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class TrainConfig:
     ema_decay: float | None = 0.999  # EMA of the parameters, used for sampling and model.pt
     grad_clip: float | None = None  # max global grad norm per optimizer step
     num_workers: int = 0
+    val_every: int = 0  # steps between validations (0: none); the best validated weights go to model.pt
+    deterministic: bool = False  # deterministic algorithms where torch has them (see deterministic_mode)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -69,6 +73,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.precision not in precision.PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {', '.join(precision.PRECISIONS)}, got {self.precision!r}")
+        if self.val_every < 0:
+            raise ValueError(f"TrainConfig.val_every must be >= 0 (0 disables validation), got {self.val_every}")
 
 
 class Trainer:
@@ -78,8 +84,12 @@ class Trainer:
     for how the ranks are kept in step. Only rank 0 writes files.
     """
 
-    def __init__(self, model: GenerativeModel, dataset: Dataset, cfg: TrainConfig, *, config_snapshot: dict | None = None) -> None:
+    def __init__(
+        self, model: GenerativeModel, dataset: Dataset, cfg: TrainConfig, *, config_snapshot: dict | None = None, validator: Validator | None = None
+    ) -> None:
         self.cfg = cfg
+        self.validator = validator
+        self.best: dict[str, Any] | None = None  # {"step", "value", "key", "weights"} of the best validation
         self.out_dir = Path(cfg.out_dir)
         self.env = ddp.env_from_environment()
         self.device = ddp.resolve_device(cfg.device, self.env)
@@ -139,7 +149,8 @@ class Trainer:
             logger = RunLogger(self.out_dir, enabled=self.env.is_main, resume_step=self.step if resumed else None)
             bar = ProgressBar(self.cfg.max_steps, self.step, enabled=self.env.is_main)
             try:
-                metrics = self._loop(logger, bar, fresh=not resumed)
+                with deterministic_mode(self.cfg.deterministic):
+                    metrics = self._loop(logger, bar, fresh=not resumed)
             finally:
                 bar.close()
                 logger.close()
@@ -196,6 +207,8 @@ class Trainer:
             metrics.update(scalars)
             window.reset()
         t0 = time.perf_counter()
+        if self.validator is not None and self.cfg.val_every > 0 and (self.step % self.cfg.val_every == 0 or final):
+            self._validate(logger)
         if self.cfg.image_every > 0 and (self.step % self.cfg.image_every == 0 or final):
             self._log_samples(logger)
         if self.step % self.cfg.ckpt_every == 0 or final:
@@ -262,6 +275,31 @@ class Trainer:
                 return
         logger.log_images(self.step, images)
 
+    def _validate(self, logger: RunLogger) -> None:
+        """Score the inference weights (EMA if enabled) with the validator; keep them if best so far."""
+        if not self.env.is_main:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        swap = self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext()
+        try:
+            with swap, torch.no_grad():
+                scores = {k: float(v) for k, v in self.validator(self.model).items()}
+        finally:
+            self.model.train(was_training)
+        key = self.validator.key
+        value = scores[key]
+        if math.isfinite(value) and (self.best is None or value < self.best["value"]):
+            self.best = {"step": self.step, "value": value, "key": key, "weights": self._inference_weights()}
+        best = self.best["value"] if self.best is not None else float("nan")
+        logger.log_scalars(self.step, {**scores, f"{key}_best": best}, epoch=self.epoch)
+        log.info("step %d: %s %.4g (best %.4g at step %s)", self.step, key, value, best, self.best["step"] if self.best else "-")
+
+    def _inference_weights(self) -> dict[str, torch.Tensor]:
+        """The weights model.pt would hold now (EMA if enabled), detached on the CPU."""
+        weights = self.ema.model_state_dict(self.model) if self.ema is not None else self.model.state_dict()
+        return {k: v.detach().cpu().clone() for k, v in weights.items()}
+
     def _sample(self, n: int) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
@@ -294,6 +332,7 @@ class Trainer:
             "rng": rng,
             "config": self.config_snapshot,
             "train_config": ckpt.plain(self.cfg),
+            "best": self.best,
         }
         return ckpt.atomic_save(state, path or self.checkpoint_path)
 
@@ -313,6 +352,7 @@ class Trainer:
         if self.batches_in_epoch >= self.steps_per_epoch:  # e.g. batch size changed
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
         self._restore_rng(state["rng"])
+        self.best = state.get("best")
         if not _same(state.get("config"), self.config_snapshot):
             log.warning("%s was written with a different config snapshot; continuing with the current one", path)
 
@@ -324,8 +364,11 @@ class Trainer:
         ckpt.seed_everything(self.cfg.seed + self.env.rank + 7919 * self.step)
 
     def save_final(self, path: Path | str | None = None) -> Path:
-        """Write ``out_dir/model.pt``: inference weights (EMA if enabled) + config, atomically."""
-        weights = self.ema.model_state_dict(self.model) if self.ema is not None else self.model.state_dict()
+        """Write ``out_dir/model.pt``: inference weights (EMA if enabled) + config, atomically.
+
+        With validation, the weights of the best validated step (``"validation"`` says which)."""
+        weights = self.best["weights"] if self.best is not None else self._inference_weights()
+        validation = None if self.best is None else {k: self.best[k] for k in ("key", "step", "value")}
         _refuse_nonfinite(weights, f"model.pt at step {self.step}")
         state = {
             "format": ckpt.FINAL_FORMAT,
@@ -336,6 +379,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in weights.items()},
             "config": self.config_snapshot,
             "train_config": ckpt.plain(self.cfg),
+            "validation": validation,
         }
         return ckpt.atomic_save(state, path or self.out_dir / ckpt.FINAL_NAME)
 

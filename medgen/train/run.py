@@ -38,6 +38,7 @@ from medgen.train import checkpoint as ckpt
 from medgen.train import fingerprint as fp
 from medgen.train.distributed import env_from_environment
 from medgen.train.engine import TrainConfig, Trainer
+from medgen.train.validation import PairedSlices, TranslationValidator
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,20 @@ def _check_task(task: Mapping[str, Any]) -> None:
                              else '{"kind": "generation", "modalities": ["T1w"]}'))
 
 
+def _source_context(task: Mapping[str, Any], model_name: str, options: Mapping[str, Any], spatial_dims: int) -> int:
+    """Neighbour slices on each side of a 2.5D source: a paired 2D translation model with
+    ``in_channels`` = 2·context + 1 sees the source's adjacent slices as channels (0 otherwise)."""
+    channels = int(options.get("in_channels", 1))
+    if task["kind"] != "translation" or channels == 1:
+        return 0
+    if spatial_dims != 2 or model_name not in PAIRED_MODELS or channels % 2 == 0:
+        raise ValueError(
+            f"{model_name}: in_channels {channels} asks for a 2.5D source (adjacent slices as channels), which needs a paired 2D "
+            f"model ({', '.join(sorted(PAIRED_MODELS))}, spatial_dims 2) and an odd count (2 x neighbours + 1); use in_channels 1, 3, 5, ..."
+        )
+    return (channels - 1) // 2
+
+
 def train_task(
     *,
     prep_root: Path | str,
@@ -163,7 +178,10 @@ def train_task(
     _check_task(task)
     spatial_dims = int(options.setdefault("spatial_dims", 2))
     patch_size = options.pop("patch_size", None) if spatial_dims == 3 else None
-    dataset = task_dataset(task, prep_root, subjects, model_paired=model_name in PAIRED_MODELS, spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed)
+    context = _source_context(task, model_name, options, spatial_dims)
+    dataset = task_dataset(
+        task, prep_root, subjects, model_paired=model_name in PAIRED_MODELS, spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed, context=context
+    )
     modalities = _task_modalities(task)
     mappings, first = _median_mappings(prep_root, subjects, modalities)
     classes = getattr(dataset, "classes", None)
@@ -171,6 +189,7 @@ def train_task(
         dataset = with_augmentation(dataset, extra_manifests, mappings, classes or modalities)
     n_classes = len(classes) if classes and task.get("condition") in CLASS_CONDITIONS else None
     options = _fill_shape_options(model_name, options, dataset[0], n_classes)
+    ckpt.seed_everything(train_cfg.seed)  # the initial weights are a function of the seed
     model = build_model(model_name, **options)
     meta = {
         "model": model_name,
@@ -211,9 +230,24 @@ def train_task(
     elif resume:
         resume = fp.check_run_folder(train_cfg.out_dir, meta["fingerprint"], on_mismatch=on_mismatch, is_main=is_main)
     log.info("training %s on task %s: %d items from %d subjects", model_name, task.get("name"), len(dataset), len(subjects))
-    trainer = Trainer(model, dataset, train_cfg, config_snapshot=meta)
+    validator = _translation_validator(task, prep_root, split.get("val", []), mappings, spatial_dims, patch_size, train_cfg, context)
+    trainer = Trainer(model, dataset, train_cfg, config_snapshot=meta, validator=validator)
     trainer.fit(resume=resume)
     return trainer.save_final()
+
+
+def _translation_validator(
+    task: Mapping[str, Any], prep_root: Path, subjects: Sequence[str], mappings: Mapping[str, Any], spatial_dims: int, patch_size: Any, train_cfg: TrainConfig,
+    context: int = 0,
+) -> TranslationValidator | None:
+    """MAE on the validation subjects for translation tasks with ``val_every`` set (else None)."""
+    if task["kind"] != "translation" or train_cfg.val_every <= 0:
+        return None
+    if not subjects:
+        log.warning("train.val_every is set but the split has no validation subjects: model.pt holds the last weights")
+        return None
+    pairs = PairedSlices(prep_root, subjects, task["source"], task["target"], spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed, context=context)
+    return TranslationValidator(pairs, target=task["target"], target_mapping=mappings[task["target"]])
 
 
 def load_trained(path: Path | str, device: str | torch.device = "cpu") -> TrainedModel:
