@@ -119,7 +119,7 @@ def _split(args: argparse.Namespace) -> int:
     if args.prep_root is not None:
         from medgen.data.usable import check_split_subjects
 
-        check_split_subjects(args.prep_root, split)
+        check_split_subjects(args.prep_root, split, train_fraction=args.min_mask_fraction, eval_fraction=args.min_mask_fraction)
     write_split(split, args.out)
     print(f"split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f" subjects -> {args.out}")
     return 0
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prep-root", type=Path, help="preprocessed subjects: refuse a split whose subjects have no slice usable for their role")
+    p.add_argument("--min-mask-fraction", type=float, default=0.05,
+                   help="with --prep-root: a usable slice's head-mask share (preprocess.min_mask_fraction; training and evaluation use the same)")
     p.set_defaults(handler=_split)
 
     p = verbs.add_parser("train", help="train one model of one task (resumes from OUT/checkpoint.pt)")

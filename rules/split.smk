@@ -9,6 +9,7 @@ rule split:
         subjects=" ".join(SUBJECTS),
         prep=f"{RESULTS}/prep",
         s=config["split"],
+        min_mask=config["preprocess"]["min_mask_fraction"],
     log:
         f"{RESULTS}/logs/split.log",
     resources:
@@ -16,4 +17,5 @@ rule split:
         runtime=5,
     shell:
         MEDGEN + " split --subjects {params.subjects} --out {output} --seed {params.s[seed]} --prep-root {params.prep}"
+        " --min-mask-fraction {params.min_mask}"
         " --fractions {params.s[fractions][0]} {params.s[fractions][1]} {params.s[fractions][2]} > {log} 2>&1"

@@ -96,7 +96,7 @@ def test_split_names_a_test_subject_without_usable_slices(tiny_cohort, tmp_path,
     assert main(args) == 0  # the phantom's heads fill their slices
     test_subject = read_split(tmp_path / "splits.json")["test"][0]
     (tmp_path / "splits.json").unlink()
-    # a head 4x4 voxels wide in a 32x32 grid: 1.6% of a slice at most, below evaluation's 15%
+    # a head 4x4 voxels wide in a 32x32 grid: 1.6% of a slice at most, below the 5% training and evaluation share
     mask_path = prep / test_subject / "mask.nii.gz"
     mask = nib.load(mask_path)
     small = np.zeros(mask.shape, dtype=np.uint8)
@@ -104,5 +104,5 @@ def test_split_names_a_test_subject_without_usable_slices(tiny_cohort, tmp_path,
     nib.save(nib.Nifti1Image(small, mask.affine), mask_path)
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"test subject {test_subject}: no axial slice of {mask_path} has 15% head mask (largest 1.6%)" in err
+    assert f"test subject {test_subject}: no axial slice of {mask_path} has 5% head mask (largest 1.6%)" in err
     assert not (tmp_path / "splits.json").exists()

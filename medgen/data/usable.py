@@ -15,11 +15,12 @@ from typing import Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
+from medgen.data.datasets import MIN_MASK_FRACTION
 from medgen.data.preprocess import MASK_FILE
 
-#: minimum head-mask fraction of a slice: training's default and evaluation's (medgen.eval.run)
-TRAIN_MIN_MASK_FRACTION = 0.05
-EVAL_MIN_MASK_FRACTION = 0.15
+#: minimum head-mask fraction of a slice: one value for training and evaluation
+#: (``preprocess.min_mask_fraction``; the default lives in medgen.data.datasets)
+TRAIN_MIN_MASK_FRACTION = EVAL_MIN_MASK_FRACTION = MIN_MASK_FRACTION
 
 
 def largest_mask_fraction(prep_root: Path | str, subject: str) -> float:
