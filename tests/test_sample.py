@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from medgen.data.normalise import ct_mapping
-from medgen.io.ingest import ingest
+from medgen.io.ingest import IngestOptions, ingest
 from medgen.synth.sample import MANIFEST_HEADER, grid_shape, sample_to_files
 
 from medgen.train.run import TrainedModel
@@ -144,7 +144,7 @@ def test_unconditional_3d_ct_and_ingest_accepts(tmp_path: Path) -> None:
     png = plt.imread(str(tmp_path / "synth" / "grid.png"))
     assert png.shape[:2] == grid_shape(2, 3, (W, H))  # 5 samples: near-square 2 x 3 grid
 
-    summary = ingest([manifest], tmp_path / "ingested")
+    summary = ingest([manifest], tmp_path / "ingested", options=IngestOptions(keep_subject_labels=True))  # synthetic labels name nobody
     assert not summary.failed and not summary.skipped
     assert sorted(c["subject"] for c in summary.converted) == [f"synth-{i:05d}" for i in range(5)]
     assert (tmp_path / "ingested" / "synth-00000" / "CT.nii.gz").exists()
@@ -152,7 +152,7 @@ def test_unconditional_3d_ct_and_ingest_accepts(tmp_path: Path) -> None:
 
 def test_2d_one_slice_volumes_are_ingested(tmp_path: Path) -> None:
     manifest = sample_to_files(modality_model(), 2, tmp_path / "synth")
-    summary = ingest([manifest], tmp_path / "ingested")
+    summary = ingest([manifest], tmp_path / "ingested", options=IngestOptions(keep_subject_labels=True))
     assert not summary.failed and len(summary.converted) == 2
     assert {c["modality"] for c in summary.converted} == {"T1w", "CT"}  # no labels: every class cycled
     assert all(c["shape"] == [H, W, 1] for c in summary.converted)
