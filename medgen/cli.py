@@ -251,8 +251,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _baselines(args: argparse.Namespace) -> int:
     from medgen.eval.baselines import run_baselines
 
+    check_output_path(args.out, "file")
+    check_output_path(args.out_dir, "folder", flag="--out-dir")
     result = run_baselines(
-        task=json.loads(args.task_json), prep_root=args.prep_root, nifti_root=args.nifti_root, split_path=args.split,
+        task=_json_arg(args.task_json, "--task-json"), prep_root=args.prep_root, nifti_root=args.nifti_root, split_path=args.split,
         out_dir=args.out_dir, out_json=args.out, seed=args.seed,
     )
     for name, entry in result["baselines"].items():
@@ -268,10 +270,11 @@ def _downstream(args: argparse.Namespace) -> int:
     for item in args.model or []:
         name, sep, paths = item.partition("=")
         if not sep or not paths:
-            raise ValueError(f"--model {item!r}: expected NAME=PATH[,PATH...] (one model.pt per training seed)")
+            raise OptionError(f"--model {item!r}: expected NAME=PATH[,PATH...] (one model.pt per training seed)")
         models[name] = [Path(p) for p in paths.split(",")]
+    check_output_path(args.out, "file")
     result = evaluate_downstream(
-        task=json.loads(args.task_json), prep_root=args.prep_root, split_path=args.split, out_json=args.out, models=models,
+        task=_json_arg(args.task_json, "--task-json"), prep_root=args.prep_root, split_path=args.split, out_json=args.out, models=models,
         seeds=args.seeds, steps=args.steps, batch_size=args.batch_size, channels=args.channels,
     )
     for name, setting in result["settings"].items():

@@ -140,6 +140,7 @@ def test_failed_job_shows_the_end_of_its_log_on_the_console(tmp_path):
     manifest.write_text("subject\tmodality\tpath\ncut\tT1w\tdata/cut.nii\n")
     clone = checkout(tmp_path)
     config = {**study_config(manifest), "split": {"fractions": [1.0, 0.0, 0.0]}}
+    config["data"] = {**config["data"], "keep_subject_labels": True}  # the log is named after subject "cut"
     (clone / "my_study.yaml").write_text(yaml.safe_dump(config))
     res = run_readme_command(clone, "results/nifti/cut/T1w.nii.gz")
     assert res.returncode != 0

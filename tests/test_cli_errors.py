@@ -73,6 +73,7 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
 
 
 TASK = json.dumps({"name": "t", "kind": "generation", "modalities": ["T1w"]})
+TRANSLATION_TASK = json.dumps({"name": "t", "kind": "translation", "source": "T1w", "target": "CT"})
 
 #: verb -> (arguments built from the bad files, exit status): one corrupt or unusable input each
 CORRUPT_CASES = {
@@ -90,6 +91,11 @@ CORRUPT_CASES = {
     "evaluate": (lambda f: ["generation", "--model", "gan", "--prep-root", str(f["root"]), "--split", str(f["split"]),
                             "--out", str(f["root"] / "m.json"), "--checkpoint", str(f["truncated_model"]), "--samples", str(f["root"] / "x.tsv")],
                  ExitCode.MODEL_FILE),
+    "baselines": (lambda f: ["--task-json", TRANSLATION_TASK, "--prep-root", str(f["root"]), "--nifti-root", str(f["root"]),
+                             "--split", str(f["split"]), "--out-dir", str(f["root"] / "base"), "--out", str(f["root"] / "b.json")],
+                  ExitCode.CORRUPT),
+    "downstream": (lambda f: ["--task-json", TRANSLATION_TASK, "--prep-root", str(f["root"]), "--split", str(f["split"]),
+                              "--out", str(f["root"] / "d.json"), "--model", f"pix2pix={f['truncated_model']}"], ExitCode.CORRUPT),
     "report": (lambda f: ["--results", str(f["root"]), "--out", str(f["root"] / "r.html"), "--config", str(f["bad_yaml"])], ExitCode.CORRUPT),
 }
 

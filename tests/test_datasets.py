@@ -151,6 +151,7 @@ def _assert_items_equal(a: dict, b: dict) -> None:
             assert value == b[key], key
 
 
+@pytest.mark.filterwarnings("error:Corrupt cache")  # every disk-cached item must load weights-only
 def test_cache_budget_keeps_subjects_beyond_it_on_disk_with_the_same_items(prep_root: Path, tmp_path: Path) -> None:
     all_ram = SliceDataset(prep_root, SUBJECTS, MODS, labels=True)
     assert all_ram.volumes.in_ram == 2 and all_ram.volumes.disk is None

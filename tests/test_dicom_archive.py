@@ -107,7 +107,8 @@ def test_dicomdirtests_tree_converts_every_real_image_series(tmp_path):
         assert side["conversion"]["pixel_spacing_source"] == "ImagerPixelSpacing (0018,1164)"
         assert side["conversion"]["photometric"]["source"] == "MONOCHROME1"
         assert item["spacing"][:2] == pytest.approx([0.1, 0.1])
-    radial = json.loads((tmp_path / "out" / summary.converted[-1]["subject"] / "MR_acq-sag_run-6.json").read_text())
+    radial_item = next(c for c in summary.converted if c["name"] == "MR_acq-sag_run-6")
+    radial = json.loads(Path(radial_item["sidecar"]).read_text())
     assert radial["conversion"]["acq"] == "sag" and radial["conversion"]["part"] == "orientation 7 of 7, acq-sag"
     split_notes = [n for c in summary.converted for n in c["notes"] if "slice orientations" in n]
     assert len(split_notes) == 3 and any("7 slice orientations" in n for n in split_notes)
@@ -187,7 +188,7 @@ def test_written_dx_images_spacing_source_split_and_refusal(tmp_path):
     # The two images of series 2 come in InstanceNumber order: b2 (instance 1) first.
     np.testing.assert_array_equal(np.asarray(nib.load(by_name["DX_run-2"]["output"]).dataobj)[:, :, 0].T, radiograph(2))
     ((what, reason),) = summary.skipped
-    assert "series 3" in what and "dx/c" in reason and "PixelSpacing (0028,0030)" in reason and "ImagerPixelSpacing (0018,1164)" in reason
+    assert "series 3" in what and "sub-01/c" in reason and "PixelSpacing (0028,0030)" in reason and "ImagerPixelSpacing (0018,1164)" in reason
     assert a.exists()
 
 
@@ -223,7 +224,7 @@ def test_localizer_images_inside_a_series_are_dropped_and_named(tmp_path):
     assert [p.name for p, _ in split.dropped] == ["LOC1"] and "LOCALIZER" in split.dropped[0][1]
     summary = ingest([tmp_path / "s"], tmp_path / "out", subject="sub-01")
     assert [c["name"] for c in summary.converted] == ["MR"] and summary.converted[0]["shape"] == [6, 5, 4]
-    assert [w for w, _ in summary.skipped] == ["s/LOC1"]
+    assert [w for w, _ in summary.skipped] == ["sub-01/LOC1"]  # the input folder is shown as its subject
 
 
 def test_a_split_part_is_not_the_requested_modality(tmp_path):
@@ -263,7 +264,7 @@ def test_zero_or_non_finite_rescale_slope_is_refused_by_name(tmp_path, slope, wh
     assert checksums(tmp_path / "in") == before
     assert [c["name"] for c in summary.converted] == ["CT"] and "good" in summary.converted[0]["what"]
     ((where, reason),) = summary.skipped
-    assert "series 4" in where and f"RescaleSlope (0028,1053) {what}" in reason and "in/bad/IM00003" in reason
+    assert "series 4" in where and f"RescaleSlope (0028,1053) {what}" in reason and "sub-01/bad/IM00003" in reason
 
 
 def test_constant_volume_is_refused_unless_allowed_and_then_preprocess_accepts_it(tmp_path, capsys):

@@ -29,13 +29,14 @@ def test_study_config_builds_its_dag(name, tmp_path):
     cfg = load_config(ROOT / "configs" / name)  # schema-validated, defaults filled
     out = _dry_run(ROOT / "configs" / name, tmp_path)
     translation = [(t, m) for t, spec in cfg["tasks"].items() if spec["kind"] == "translation" for m in spec["models"]]
+    seeds = {t: len(spec.get("seeds") or [0]) for t, spec in cfg["tasks"].items()}
     assert translation, "a study config without translation models"
     n_test = round(cfg["data"]["phantom"]["subjects"] * cfg["split"]["fractions"][2])
-    # one train job per (task, model); whole test volumes translated per model and subject
-    assert out.count("medgen train ") >= len(translation)
-    assert out.count("medgen translate ") == len(translation) * n_test
+    # one train job per (task, model, seed); whole test volumes translated per run and subject
+    assert out.count("medgen.cli train ") >= sum(seeds[t] for t, _ in translation)
+    assert out.count("medgen.cli translate ") == sum(seeds[t] for t, _ in translation) * n_test
     for task, model in translation:
-        line = next(l for l in out.splitlines() if "medgen train " in l and f"--model {model} " in l and f"/{task}/{model}" in l)
+        line = next(l for l in out.splitlines() if "medgen.cli train " in l and f"--model {model} " in l and f"/{task}/{model}" in l)
         assert "--val-every " in line and "--val-every 0 " not in line  # validated: model.pt is the best checkpoint
 
 

@@ -155,4 +155,5 @@ def test_3d_config_builds_its_dag(tmp_path):
     res = _snakemake(tmp_path, yaml.safe_load((ROOT / "configs" / "study_3d.yaml").read_text()), "-n")
     assert res.returncode == 0, res.stderr
     counts = _job_counts(res.stdout + res.stderr)
-    assert counts["train"] == 2 and counts["translate"] == 2 * 3 and counts["evaluate"] == 2
+    # two models x three seeds; three test subjects each
+    assert counts["train"] == 2 * 3 and counts["translate"] == 2 * 3 * 3 and counts["evaluate"] == 2 * 3

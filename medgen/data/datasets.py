@@ -138,7 +138,9 @@ class _Volumes:
                 self._tmp = tempfile.TemporaryDirectory(prefix="medgen_cache_")
                 cache_dir = self._tmp.name
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            self.disk = PersistentDataset(records[self.in_ram :], transform=transform, cache_dir=cache_dir, track_meta=True)  # keeps affines (patch_start); loaded weights-only
+            # keeps affines (patch_start); loaded weights-only, so numpy values (e.g. FgBgToIndicesd's
+            # indices) are stored as plain tensors and turned back into arrays when read
+            self.disk = PersistentDataset(records[self.in_ram :], transform=Compose([transform, _arrays_to_tensors]), cache_dir=cache_dir, track_meta=True)
             log.info("caching %d of %d subjects in RAM, %d on disk in %s", self.in_ram, len(records), len(records) - self.in_ram, cache_dir)
 
     def _ram_count(self, records: list[dict[str, str]], policy: CachePolicy, cache_rate: float) -> int:
@@ -159,7 +161,17 @@ class _Volumes:
         if index < self.in_ram:
             return self.ram[index]
         assert self.disk is not None
-        return self.disk[index - self.in_ram]
+        return _tensors_to_arrays(self.disk[index - self.in_ram])
+
+
+def _arrays_to_tensors(item: Item) -> Item:
+    """numpy values as plain tensors: weights-only loading (PersistentDataset) refuses numpy objects."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+
+
+def _tensors_to_arrays(item: Item) -> Item:
+    """Undo :func:`_arrays_to_tensors` (plain tensors back to arrays; image MetaTensors stay)."""
+    return {k: v.numpy() if type(v) is torch.Tensor else v for k, v in item.items()}
 
 
 #: Default share of a slice the head mask must cover for the slice to be served (training and
