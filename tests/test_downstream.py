@@ -47,7 +47,8 @@ def test_summary_averages_seeds_per_subject_and_skips_absent_classes():
 
 
 @pytest.mark.slow
-def test_downstream_with_a_trained_translation_model(tmp_path):
+@pytest.mark.parametrize("in_channels", [1, 3])  # 3: a 2.5D model gets each slice's neighbours, as in training
+def test_downstream_with_a_trained_translation_model(tmp_path, in_channels):
     from medgen.train.engine import TrainConfig
     from medgen.train.run import train_task
 
@@ -59,7 +60,7 @@ def test_downstream_with_a_trained_translation_model(tmp_path):
     write_split({"train": subjects[:2], "val": [], "test": subjects[2:]}, tmp_path / "splits.json")
     task = {"name": "t1_t2", "kind": "translation", "source": "T1w", "target": "T2w"}
     model = train_task(prep_root=tmp_path / "prep", split_path=tmp_path / "splits.json", task=task, model_name="pix2pix",
-                       options={"ngf": 4, "ndf": 8, "num_downs": 4, "num_layers_d": 2},
+                       options={"ngf": 4, "ndf": 8, "num_downs": 4, "num_layers_d": 2, "in_channels": in_channels},
                        train_cfg=TrainConfig(out_dir=tmp_path / "model", max_steps=2, batch_size=2, device="cpu", ema_decay=None, image_every=0))
     out = evaluate_downstream(task=task, prep_root=tmp_path / "prep", split_path=tmp_path / "splits.json", out_json=tmp_path / "downstream.json",
                               models={"pix2pix": [model]}, seeds=(0, 1), steps=3, batch_size=4)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -49,11 +50,45 @@ def real_slices(prep_root: Path, subjects: Sequence[str], modality: str) -> tupl
     return images, labels, [str(it["subject"]) for it in items]
 
 
-def translated_slices(model_path: Path, sources: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
-    """A translation model's output (N, 1, H, W) for normalised source slices (N, 1, H, W)."""
+def slice_indices(prep_root: Path, subjects: Sequence[str], modality: str) -> tuple[list[str], list[int]]:
+    """Subject and axial index of each slice :func:`real_slices` returns, in the same order."""
+    ds = SliceDataset(prep_root, list(subjects), [modality], labels=True, min_mask_fraction=MIN_MASK_FRACTION)
+    items = [ds[i] for i in range(len(ds))]
+    return [str(it["subject"]) for it in items], [int(it["slice"]) for it in items]
+
+
+def with_context(prep_root: Path, modality: str, subjects: Sequence[str], slice_index: Sequence[int], context: int) -> np.ndarray:
+    """(N, 2·context+1, H, W) 2.5D inputs: each axial slice with ``context`` neighbours on each side
+    (edge slices repeated beyond the volume), as training and ``medgen translate`` build them."""
+    volumes: dict[str, np.ndarray] = {}
+    out = []
+    for subject, k in zip(subjects, slice_index):
+        if subject not in volumes:
+            volumes[subject] = np.asarray(nib.load(str(Path(prep_root) / subject / f"{modality}.nii.gz")).dataobj, dtype=np.float32)
+        vol = volumes[subject]
+        picks = np.clip(np.arange(k - context, k + context + 1), 0, vol.shape[2] - 1)
+        out.append(np.moveaxis(vol[:, :, picks], 2, 0))
+    return np.stack(out).astype(np.float32)
+
+
+def _in_channels(model_path: Path) -> int:
     from medgen.train.run import load_trained
 
     trained = load_trained(model_path)
+    return int(getattr(getattr(trained.model, "config", None), "in_channels", 1))
+
+
+def translated_slices(model_path: Path, sources: np.ndarray, *, batch_size: int = 32, context_sources: np.ndarray | None = None) -> np.ndarray:
+    """A translation model's output (N, 1, H, W) for normalised source slices (N, 1, H, W); a 2.5D
+    model (``in_channels`` > 1) takes ``context_sources`` (N, in_channels, H, W) instead."""
+    from medgen.train.run import load_trained
+
+    trained = load_trained(model_path)
+    channels = int(getattr(getattr(trained.model, "config", None), "in_channels", 1))
+    if channels > 1:
+        if context_sources is None or context_sources.shape[1] != channels:
+            raise ValueError(f"{model_path}: a 2.5D model of {channels} input channels needs its neighbouring slices")
+        sources = context_sources
     out = []
     with torch.no_grad():
         for start in range(0, len(sources), batch_size):
@@ -177,6 +212,7 @@ def evaluate_downstream(
     images, labels, _ = real_slices(prep_root, split["train"], modality)
     test_images, test_labels, test_subjects = real_slices(prep_root, split["test"], modality)
     sources = real_slices(prep_root, split["train"], task["source"])[0] if translation else None
+    context_sources: dict[int, np.ndarray] = {}  # 2.5D inputs by channel count, built once
     n_classes = max(LABELS) + 1
     class_names = [LABELS[c] for c in range(1, n_classes)]
     settings: dict[str, Any] = {}
@@ -187,7 +223,14 @@ def evaluate_downstream(
             x, y = images, labels
             if paths:
                 path = Path(paths[i % len(paths)])
-                synthetic = translated_slices(path, sources) if translation else label_map_samples(path, labels, seed=seed)
+                if translation:
+                    in_channels = _in_channels(path)
+                    if in_channels > 1 and in_channels not in context_sources:
+                        subs, idx = slice_indices(prep_root, split["train"], task["source"])
+                        context_sources[in_channels] = with_context(prep_root, task["source"], subs, idx, (in_channels - 1) // 2)
+                    synthetic = translated_slices(path, sources, context_sources=context_sources.get(in_channels))
+                else:
+                    synthetic = label_map_samples(path, labels, seed=seed)
                 x, y = np.concatenate([images, synthetic]), np.concatenate([labels, labels])
             net = train_segmenter(x, y, n_classes, steps=steps, batch_size=batch_size, seed=seed, channels=channels)
             per_seed.append(dice_per_subject(net, test_images, test_labels, test_subjects, n_classes))
