@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -39,30 +39,28 @@ log = logging.getLogger(__name__)
 MIN_MASK_FRACTION = 0.15
 
 
-def real_slices(prep_root: Path, subjects: Sequence[str], modality: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Images (N, 1, H, W) on the normalised scale, label maps (N, 1, H, W) int64 and each slice's subject."""
+def real_slices(prep_root: Path, subjects: Sequence[str], modality: str, *, context: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images (N, 1, H, W) on the normalised scale, label maps (N, 1, H, W) int64 and each slice's subject.
+
+    With ``context`` > 0 the images are 2.5D, (N, 2·context+1, H, W): each axial slice with its
+    ``context`` neighbours on each side (edge slices repeated beyond the volume), as training and
+    ``medgen translate`` build them."""
     ds = SliceDataset(prep_root, list(subjects), [modality], labels=True, min_mask_fraction=MIN_MASK_FRACTION)
     items = [ds[i] for i in range(len(ds))]
     if not items:
         raise ValueError(f"{prep_root}: no slices of {modality} with labels for subjects {list(subjects)}")
-    images = np.stack([it[modality].numpy() for it in items]).astype(np.float32)
+    if context:
+        images = _with_context(prep_root, modality, [(str(it["subject"]), int(it["slice"])) for it in items], context)
+    else:
+        images = np.stack([it[modality].numpy() for it in items]).astype(np.float32)
     labels = np.stack([it["labels"].numpy() for it in items]).astype(np.int64)
     return images, labels, [str(it["subject"]) for it in items]
 
 
-def slice_indices(prep_root: Path, subjects: Sequence[str], modality: str) -> tuple[list[str], list[int]]:
-    """Subject and axial index of each slice :func:`real_slices` returns, in the same order."""
-    ds = SliceDataset(prep_root, list(subjects), [modality], labels=True, min_mask_fraction=MIN_MASK_FRACTION)
-    items = [ds[i] for i in range(len(ds))]
-    return [str(it["subject"]) for it in items], [int(it["slice"]) for it in items]
-
-
-def with_context(prep_root: Path, modality: str, subjects: Sequence[str], slice_index: Sequence[int], context: int) -> np.ndarray:
-    """(N, 2·context+1, H, W) 2.5D inputs: each axial slice with ``context`` neighbours on each side
-    (edge slices repeated beyond the volume), as training and ``medgen translate`` build them."""
+def _with_context(prep_root: Path, modality: str, slices: Sequence[tuple[str, int]], context: int) -> np.ndarray:
     volumes: dict[str, np.ndarray] = {}
     out = []
-    for subject, k in zip(subjects, slice_index):
+    for subject, k in slices:
         if subject not in volumes:
             volumes[subject] = np.asarray(nib.load(str(Path(prep_root) / subject / f"{modality}.nii.gz")).dataobj, dtype=np.float32)
         vol = volumes[subject]
@@ -71,24 +69,15 @@ def with_context(prep_root: Path, modality: str, subjects: Sequence[str], slice_
     return np.stack(out).astype(np.float32)
 
 
-def _in_channels(model_path: Path) -> int:
-    from medgen.train.run import load_trained
-
-    trained = load_trained(model_path)
-    return int(getattr(getattr(trained.model, "config", None), "in_channels", 1))
-
-
-def translated_slices(model_path: Path, sources: np.ndarray, *, batch_size: int = 32, context_sources: np.ndarray | None = None) -> np.ndarray:
-    """A translation model's output (N, 1, H, W) for normalised source slices (N, 1, H, W); a 2.5D
-    model (``in_channels`` > 1) takes ``context_sources`` (N, in_channels, H, W) instead."""
+def translated_slices(model_path: Path, sources_for: Callable[[int], np.ndarray], *, batch_size: int = 32) -> np.ndarray:
+    """A translation model's output (N, 1, H, W) for the normalised source slices
+    ``sources_for(context)`` returns: (N, 1, H, W), or 2.5D (N, 2·context+1, H, W) for a model
+    with ``in_channels`` > 1."""
     from medgen.train.run import load_trained
 
     trained = load_trained(model_path)
     channels = int(getattr(getattr(trained.model, "config", None), "in_channels", 1))
-    if channels > 1:
-        if context_sources is None or context_sources.shape[1] != channels:
-            raise ValueError(f"{model_path}: a 2.5D model of {channels} input channels needs its neighbouring slices")
-        sources = context_sources
+    sources = sources_for((channels - 1) // 2)
     out = []
     with torch.no_grad():
         for start in range(0, len(sources), batch_size):
@@ -211,8 +200,12 @@ def evaluate_downstream(
     modality = task["target"] if translation else task["modalities"][0]
     images, labels, _ = real_slices(prep_root, split["train"], modality)
     test_images, test_labels, test_subjects = real_slices(prep_root, split["test"], modality)
-    sources = real_slices(prep_root, split["train"], task["source"])[0] if translation else None
-    context_sources: dict[int, np.ndarray] = {}  # 2.5D inputs by channel count, built once
+    source_by_context: dict[int, np.ndarray] = {}  # training source slices per 2.5D context, built once
+
+    def sources_for(context: int) -> np.ndarray:
+        if context not in source_by_context:
+            source_by_context[context] = real_slices(prep_root, split["train"], task["source"], context=context)[0]
+        return source_by_context[context]
     n_classes = max(LABELS) + 1
     class_names = [LABELS[c] for c in range(1, n_classes)]
     settings: dict[str, Any] = {}
@@ -223,14 +216,7 @@ def evaluate_downstream(
             x, y = images, labels
             if paths:
                 path = Path(paths[i % len(paths)])
-                if translation:
-                    in_channels = _in_channels(path)
-                    if in_channels > 1 and in_channels not in context_sources:
-                        subs, idx = slice_indices(prep_root, split["train"], task["source"])
-                        context_sources[in_channels] = with_context(prep_root, task["source"], subs, idx, (in_channels - 1) // 2)
-                    synthetic = translated_slices(path, sources, context_sources=context_sources.get(in_channels))
-                else:
-                    synthetic = label_map_samples(path, labels, seed=seed)
+                synthetic = translated_slices(path, sources_for) if translation else label_map_samples(path, labels, seed=seed)
                 x, y = np.concatenate([images, synthetic]), np.concatenate([labels, labels])
             net = train_segmenter(x, y, n_classes, steps=steps, batch_size=batch_size, seed=seed, channels=channels)
             per_seed.append(dice_per_subject(net, test_images, test_labels, test_subjects, n_classes))
