@@ -119,7 +119,7 @@ def _split(args: argparse.Namespace) -> int:
     if args.prep_root is not None:
         from medgen.data.usable import check_split_subjects
 
-        check_split_subjects(args.prep_root, split, train_fraction=args.min_mask_fraction, eval_fraction=args.min_mask_fraction)
+        check_split_subjects(args.prep_root, split, min_fraction=args.min_mask_fraction)
     write_split(split, args.out)
     print(f"split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f" subjects -> {args.out}")
     return 0

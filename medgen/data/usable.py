@@ -18,10 +18,6 @@ import numpy as np
 from medgen.data.datasets import MIN_MASK_FRACTION
 from medgen.data.preprocess import MASK_FILE
 
-#: minimum head-mask fraction of a slice: one value for training and evaluation
-#: (``preprocess.min_mask_fraction``; the default lives in medgen.data.datasets)
-TRAIN_MIN_MASK_FRACTION = EVAL_MIN_MASK_FRACTION = MIN_MASK_FRACTION
-
 
 def largest_mask_fraction(prep_root: Path | str, subject: str) -> float:
     """The largest fraction of any axial slice that the subject's head mask covers."""
@@ -29,26 +25,24 @@ def largest_mask_fraction(prep_root: Path | str, subject: str) -> float:
     return float(mask.mean(axis=(0, 1)).max()) if mask.size else 0.0
 
 
-def unusable_subjects(prep_root: Path | str, split: Mapping[str, Sequence[str]], *, train_fraction: float = TRAIN_MIN_MASK_FRACTION,
-                      eval_fraction: float = EVAL_MIN_MASK_FRACTION) -> list[str]:
-    """One line per subject of ``split`` without a slice its role needs (training subjects:
-    ``train_fraction``; validation and test subjects, which evaluation reads: ``eval_fraction``)."""
+def unusable_subjects(prep_root: Path | str, split: Mapping[str, Sequence[str]], *, min_fraction: float = MIN_MASK_FRACTION) -> list[str]:
+    """One line per subject of ``split`` without a slice whose head mask covers ``min_fraction``
+    (``preprocess.min_mask_fraction``: one value for training and evaluation)."""
     problems = []
     for role, subjects in split.items():
-        need = train_fraction if role == "train" else eval_fraction
         for subject in subjects:
             best = largest_mask_fraction(prep_root, subject)
-            if best < need:
+            if best < min_fraction:
                 problems.append(
-                    f"{role} subject {subject}: no axial slice of {Path(prep_root) / subject / MASK_FILE} has {need:.0%} head mask "
+                    f"{role} subject {subject}: no axial slice of {Path(prep_root) / subject / MASK_FILE} has {min_fraction:.0%} head mask "
                     f"(largest {best:.1%}); its head is too small in the preprocessed grid"
                 )
     return problems
 
 
-def check_split_subjects(prep_root: Path | str, split: Mapping[str, Sequence[str]], **fractions: float) -> None:
+def check_split_subjects(prep_root: Path | str, split: Mapping[str, Sequence[str]], *, min_fraction: float = MIN_MASK_FRACTION) -> None:
     """Raise ValueError naming every subject that cannot serve its role in ``split``."""
-    problems = unusable_subjects(prep_root, split, **fractions)
+    problems = unusable_subjects(prep_root, split, min_fraction=min_fraction)
     if problems:
         raise ValueError(
             "subject(s) that cannot serve training or evaluation:\n  " + "\n  ".join(problems)
