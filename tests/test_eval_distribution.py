@@ -238,3 +238,26 @@ def test_interval_coverage_for_one_distribution():
         coverage, width, spread = _coverage(statistic, draw, 0.0, draws=DRAWS // 4, n=N_SIM)
         assert coverage >= 0.93, (statistic.__name__, coverage)
         assert width <= 10 * spread, (statistic.__name__, width, spread)
+
+
+def test_interval_is_clipped_to_the_range_of_its_statistic():
+    # Replicates spread symmetrically about a precision of 0.99: the basic interval reflects them
+    # about the estimate and would reach above 1, a value precision cannot take.
+    reps = [0.95, 0.97, 0.99, 1.0, 1.0, 1.0]
+    lo, hi = half_sampling_interval(0.99, reps, n=40, m=20)
+    assert hi > 1.0  # unclipped, the reflection crosses the bound
+    lo_c, hi_c = half_sampling_interval(0.99, reps, n=40, m=20, bounds=(0.0, 1.0))
+    assert (lo_c, hi_c) == (lo, 1.0)
+
+
+def test_prdc_intervals_of_near_identical_sets_stay_in_their_range():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(80, 4))
+    fake = real[:40] + 1e-3 * rng.normal(size=(40, 4))  # nearly the real samples: precision ~ 1
+    out = evaluate_distribution(real, fake, n_resamples=30, kid_subset_size=20, kid_subsets=5)
+    for key in ("real_vs_fake", "real_vs_real"):
+        for metric in ("precision", "recall", "coverage"):
+            lo, hi = out["intervals"][key][metric]
+            assert 0.0 <= lo <= out[key][metric] <= hi <= 1.0, (key, metric, lo, hi)
+        assert out["intervals"][key]["density"][0] >= 0.0
+        assert out["intervals"][key]["fd"][0] >= 0.0

@@ -209,7 +209,9 @@ def small_n_warnings(n: int, feature_dim: int) -> list[str]:
     return out
 
 
-def half_sampling_interval(estimate: float, replicates: Any, *, n: int, m: int, level: float = 0.95) -> list[float]:
+def half_sampling_interval(
+    estimate: float, replicates: Any, *, n: int, m: int, level: float = 0.95, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> list[float]:
     """Basic interval of ``estimate`` from replicate values on half-samples (see ``INTERVAL_METHOD``).
 
     ``replicates``: the statistic on subsets of ``m`` of the ``n`` samples drawn without
@@ -217,7 +219,10 @@ def half_sampling_interval(estimate: float, replicates: Any, *, n: int, m: int, 
     sample-size-dependent bias, as FD's, gives at m < n) times sqrt(m / (n - m)) estimate the
     sampling distribution of ``estimate - value`` (for m = n/2 the factor is 1: a half-sample's
     variance about the full-sample value, sigma^2 (1/m - 1/n), equals the full-sample variance
-    sigma^2 / n). Non-finite replicates are left out; none finite gives [nan, nan].
+    sigma^2 / n). Non-finite replicates are left out; none finite gives [nan, nan]. The interval is
+    clipped to ``bounds``, the range the statistic can take (e.g. [0, 1] for precision): the basic
+    interval reflects the replicates about the estimate and can otherwise cross a bound the
+    statistic never does.
     """
     values = np.asarray(replicates, dtype=np.float64)
     values = values[np.isfinite(values)]
@@ -228,7 +233,8 @@ def half_sampling_interval(estimate: float, replicates: Any, *, n: int, m: int, 
     lo = estimate - float(np.quantile(deviations, 1.0 - alpha))
     hi = estimate - float(np.quantile(deviations, alpha))
     # The deviations have mean 0, so their quantiles straddle 0; min/max only absorb round-off.
-    return [min(lo, estimate), max(hi, estimate)]
+    low, high = bounds
+    return [max(min(lo, estimate), low), min(max(hi, estimate), high)]
 
 
 def half_samples(n: int, n_sets: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -260,6 +266,17 @@ def _pair_metrics(x: np.ndarray, y: np.ndarray, *, kid_subset_size: int, kid_sub
 
 #: metrics that get an interval
 INTERVAL_METRICS = ("fd", "kid_mean", "precision", "recall", "density", "coverage")
+
+#: the range each metric can take (intervals are clipped to it). KID's unbiased estimator can be
+#: negative; density is a mean neighbour count over k and can exceed 1.
+METRIC_BOUNDS: dict[str, tuple[float, float]] = {
+    "fd": (0.0, math.inf),
+    "kid_mean": (-math.inf, math.inf),
+    "precision": (0.0, 1.0),
+    "recall": (0.0, 1.0),
+    "density": (0.0, math.inf),
+    "coverage": (0.0, 1.0),
+}
 
 
 def evaluate_distribution(
@@ -329,7 +346,8 @@ def evaluate_distribution(
         "subset_size": int(m),
         "level": 0.95,
         **{
-            key: {metric: half_sampling_interval(result[key][metric], reps, n=n, m=m) for metric, reps in per_metric.items()}
+            key: {metric: half_sampling_interval(result[key][metric], reps, n=n, m=m, bounds=METRIC_BOUNDS[metric])
+            for metric, reps in per_metric.items()}
             for key, per_metric in replicates.items()
         },
     }
