@@ -122,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000], help="feature vectors per set (none: skip FD/KID/PRDC)")
     parser.add_argument("--dim", type=int, default=512, help="feature dimension")
-    parser.add_argument("--radiomics-slices", type=int, default=32)
+    parser.add_argument("--radiomics-slices", type=int, default=32, help="slices for the radiomics timing (0: skip it)")
     parser.add_argument("--nn", type=int, nargs=2, default=[10000, 10000], metavar=("SYNTHETIC", "TRAINING"), help="memorization search size at 64x64")
     parser.add_argument("--quick", action="store_true", help="1k vectors, 1k x 1k search, 8 radiomics slices")
     parser.add_argument("--seed", type=int, default=0)
@@ -132,7 +132,8 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}")
     for n in args.sizes:
         bench_distribution(n, args.dim, args.seed)
-    bench_radiomics(args.radiomics_slices, args.seed)
+    if args.radiomics_slices > 0:
+        bench_radiomics(args.radiomics_slices, args.seed)
     bench_nearest(args.nn[0], args.nn[1], args.seed)
 
 
