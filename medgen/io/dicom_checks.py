@@ -5,12 +5,13 @@ the DICOM tag at fault and the option or config key that changes the decision. T
 geometry of the header scan, before any pixel is read, except :func:`refuse_constant`.
 
 Why not leave this to a library's series reader: SimpleITK's ``ImageSeriesReader`` (GDCM) and
-dcm2niix order slices well, but on a missing slice, a duplicated position, a damaged
-RescaleSlope or a tilted gantry they warn in a log or correct with their own defaults and still
-produce an image. medgen trains on what it ingests, so each of these is a decision with a
-stated default (refuse, or resample and record it in the sidecar), the same decision in every
-job, and an error message a user can act on. The geometry itself (ordering along the normal,
-spacing, shear) is plain numbers in :mod:`medgen.io.dicom_geometry`.
+dcm2niix order slices well, but what they do with a missing slice, a duplicated position, a
+damaged RescaleSlope or a tilted gantry is their own default, reported (if at all) in a log.
+medgen trains on what it ingests, so each of these is a decision with a stated default (refuse,
+or resample and record it in the sidecar), an option to change it (``on_tilt``, ``on_uneven``,
+``min_slices``, ``allow_constant``), the same decision in every job, and an error message a
+user can act on. The geometry itself (ordering along the normal, spacing, shear) is plain
+numbers in :mod:`medgen.io.dicom_geometry`.
 """
 
 from __future__ import annotations
