@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from medgen.io.atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 COHORT = OUT / "data_cohort"
@@ -99,7 +101,7 @@ def run_training(subjects: list[str], args: argparse.Namespace, cache_dir: Path)
     work = OUT / f"data_train_{len(subjects)}"
     work.mkdir(parents=True, exist_ok=True)
     split = work / "splits.json"
-    split.write_text(json.dumps({"splits": {"train": subjects, "val": [], "test": []}}))
+    atomic_write_text(split, json.dumps({"splits": {"train": subjects, "val": [], "test": []}}))
     cmd = [sys.executable, "-c", TRAIN, "train", "--prep-root", str(COHORT / "prep"), "--split", str(split),
            "--task-json", json.dumps(TASK), "--model", "pix2pix", "--options-json", json.dumps({"ngf": 32, "num_downs": 6}),
            "--out", str(work / "run"), "--steps", str(args.steps), "--batch-size", "16", "--device", "cpu",

@@ -17,6 +17,8 @@ import zlib
 from enum import IntEnum
 from pathlib import Path
 
+from medgen.io.atomic import temp_target
+
 __all__ = [
     "ExitCode", "MedgenError", "OptionError", "InputMissingError", "OutputPathError", "CorruptFileError",
     "ModelFileError", "ModalityMismatchError", "classify", "one_line",
@@ -120,17 +122,13 @@ def _refused_file_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-#: The hidden temporary name the atomic writers give a file while writing it (``.<name>.<random>.tmp``).
-_ATOMIC_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
-
-
 def _user_path(filename: object) -> object:
     """``filename`` as the user named it: an atomic writer's temporary file stands for its target."""
     if not isinstance(filename, str):
         return filename
     path = Path(filename)
-    found = _ATOMIC_TEMP.match(path.name)
-    return str(path.with_name(found.group("name"))) if found else filename
+    target = temp_target(path.name)
+    return str(path.with_name(target)) if target else filename
 
 
 def _os_message(exc: OSError, advice: str) -> str:

@@ -425,7 +425,7 @@ def test_raw_reader_matches_pydicom_for_12_bit_signed(tmp_path):
 
 
 def test_hidden_files_in_a_folder_are_not_candidates(tmp_path):
-    from medgen.io.dicom_series import _iter_files
+    from medgen.io.dicom_scan import _iter_files
 
     (tmp_path / "series").mkdir()
     (tmp_path / "series" / "IM1").write_bytes(b"x")

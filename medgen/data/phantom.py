@@ -18,8 +18,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from scipy import ndimage as ndi
 from tqdm import tqdm
 
 from medgen.data.tissues import LABELS, LESION_LABEL, SHELL_ORDER, TISSUES
-from medgen.io.atomic import atomic_write_json, current_umask
+from medgen.io.atomic import atomic_folder, atomic_write_json
 from medgen.io.dicom_write import PatientIdentity, default_rescale, quantise, write_dicom_series
 from medgen.io.nifti import save_nifti
 
@@ -557,8 +555,7 @@ def write_subject_dicom(phantom: SubjectPhantom, out_dir: Path, *, uid_entropy: 
     entropy = list(uid_entropy) + [phantom.subject]
     study_uid = generate_uid(entropy_srcs=entropy + ["study"])
     frame_uid = generate_uid(entropy_srcs=entropy + ["frame-of-reference"])
-    tmp = Path(tempfile.mkdtemp(prefix=f".{phantom.subject}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         for n, (name, description, modality, number) in enumerate(SERIES):
             if modality == "MR":
                 seq = SEQUENCES[name]
@@ -574,12 +571,6 @@ def write_subject_dicom(phantom: SubjectPhantom, out_dir: Path, *, uid_entropy: 
             )
         if target.exists():
             log.info("replacing %s", target)
-            shutil.rmtree(target)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; give it the usual folder mode
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -1,18 +1,29 @@
 """Find DICOM image series in files and folders and load each as a float32 volume with a RAS affine.
 
-Three steps, so that a caller can decide per series what to convert:
+The public entry of medgen's DICOM reading; three steps, so that a caller can decide per series
+what to convert, each in a module of its own:
 
-* :func:`scan_dicom` reads headers only (``stop_before_pixels``), groups files by
-  SeriesInstanceUID, sets aside non-image objects (SR, RT, waveforms, DICOMDIR, presentation
-  states, ...) and reports unreadable or truncated files by name. The geometry of every slice
-  (or frame of an enhanced multi-frame object) is collected here, so loading needs no second
-  header pass.
-* :func:`split_series` cuts a series into what converts on its own: one part per slice
-  orientation, one per 2D image without patient geometry; localizer frames mixed into a series
-  are dropped and named.
-* :func:`load_series` orders slices along the slice normal, checks the stack (orientation,
-  duplicates, spacing, gantry tilt, localizers, rescale), reads the pixels, applies the
-  per-slice rescale and returns ``(X, Y, Z)`` float32 in physical units with a voxel -> RAS affine.
+* :func:`scan_dicom` (:mod:`medgen.io.dicom_scan`) reads headers only, groups files by
+  SeriesInstanceUID, sets aside non-image objects and reports unreadable or truncated files by
+  name, with the geometry of every slice and where its pixels lie.
+* :func:`split_series` (:mod:`medgen.io.dicom_split`) cuts a series into what converts on its
+  own: one part per slice orientation, one per 2D image without patient geometry; localizer
+  frames mixed into a series are dropped and named.
+* :func:`load_series` (this module) assembles the volume: the stack checks of
+  :mod:`medgen.io.dicom_checks` (orientation, duplicates, spacing, gantry tilt, localizers,
+  rescale), the pixels of :mod:`medgen.io.dicom_pixels` (per-slice rescale, MONOCHROME1), the
+  resampling of an uneven or tilted stack where asked, and returns ``(X, Y, Z)`` float32 in
+  physical units with a voxel -> RAS affine.
+
+Why medgen reads DICOM itself rather than through SimpleITK's ``ImageSeriesReader`` or
+dcm2niix (which the tests use as the reference: ``tests/test_dcm2niix_agreement.py``): every
+refusal names the series, the file, the DICOM tag and the option that changes the decision;
+the decisions a series reader takes on its own defaults with at most a log line (stack an
+uneven series, keep a broken rescale, correct a tilt) are medgen's, stated and recorded in the
+sidecar; dcm2niix is a separate program
+that writes files, not a library that returns an array and what it did; and one header pass
+serves scanning, splitting and loading. SimpleITK still resamples tilted stacks
+(:mod:`medgen.io.dicom_geometry`) and pydicom parses every header and decodes compressed pixels.
 
 Decisions worth knowing:
 
@@ -38,133 +49,41 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medgen.io import dicom_geometry as geo
+from medgen.io.dicom_checks import (
+    Stack,
+    Tilt,
+    check_options,
+    check_projection,
+    check_rescale,
+    check_tilt,
+    check_uneven,
+    ordered_stack,
+    refuse_constant,
+    spacing_problem,
+)
+from medgen.io.dicom_pixels import monochrome2, record_voi_window, stored_values, to_physical
+from medgen.io.dicom_scan import (
+    DicomFrame,
+    DicomSeries,
+    DicomSeriesError,
+    PixelLayout,
+    ScanReport,
+    header_number,
+    scan_dicom,
+    series_frames,
+)
+from medgen.io.dicom_split import SeriesSplit, is_projection, plane_of, split_series
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DicomSeriesError", "DicomFrame", "PixelLayout", "DicomSeries", "ScanReport", "LoadedSeries", "SeriesSplit",
            "scan_dicom", "split_series", "load_series", "is_projection", "plane_of"]
-
-#: Media Storage Directory (DICOMDIR).
-_DICOMDIR_UID = "1.2.840.10008.1.3.10"
-
-#: SOP class UID prefixes of objects that carry no image to convert, with the reason given.
-_NON_IMAGE_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("1.2.840.10008.5.1.4.1.1.88.", "structured report / key object"),
-    ("1.2.840.10008.5.1.4.1.1.481.", "radiotherapy object"),
-    ("1.2.840.10008.5.1.4.1.1.9.", "waveform"),
-    ("1.2.840.10008.5.1.4.1.1.11.", "presentation state"),
-    ("1.2.840.10008.5.1.4.1.1.104.", "encapsulated document"),
-    ("1.2.840.10008.5.1.4.1.1.66", "raw data / registration / segmentation / surface object"),
-    ("1.2.840.10008.5.1.4.1.1.4.2", "MR spectroscopy"),
-    (_DICOMDIR_UID, "DICOMDIR (media directory)"),
-)
-
-#: Transfer syntaxes whose pixel bytes can be read straight into numpy.
-_NATIVE_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
-
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
-class DicomSeriesError(ValueError):
-    """A series (or file) medgen refuses to convert; the message names the series, the fault and the tag."""
-
-
-@dataclass(frozen=True)
-class PixelLayout:
-    """Where and how a file's pixels are stored (from the header scan)."""
-
-    transfer_syntax: str
-    rows: int
-    cols: int
-    samples: int
-    bits_allocated: int
-    bits_stored: int
-    signed: bool
-    n_frames: int
-    value_offset: int  # byte offset of the PixelData value in the file
-    value_length: int | None  # None: encapsulated (compressed)
-
-    @property
-    def raw_readable(self) -> bool:
-        """Whether numpy can read the pixels directly (native little endian, 8/16/32 bit, grey)."""
-        return (
-            self.transfer_syntax in _NATIVE_LE
-            and self.value_length is not None
-            and self.bits_allocated in (8, 16, 32)
-            and self.samples == 1
-        )
-
-
-@dataclass(frozen=True)
-class DicomFrame:
-    """One 2D image: a single-frame file, or frame ``frame`` (0-based) of a multi-frame file.
-
-    position: ImagePositionPatient (LPS mm) or None; orientation: ImageOrientationPatient (6,)
-    or None; pixel_spacing: (between rows, between columns) mm or None.
-    """
-
-    path: Path
-    frame: int | None
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, ...] | None
-    pixel_spacing: tuple[float, float] | None
-    slope: float  # NaN when the header holds a value that is not a number
-    intercept: float
-    instance_number: int | None
-    layout: PixelLayout
-    image_type: tuple[str, ...] = ()
-    spacing_source: str = "PixelSpacing (0028,0030)"
-
-
-@dataclass
-class DicomSeries:
-    """The files of one SeriesInstanceUID, with the header of the first and per-frame geometry."""
-
-    series_uid: str
-    files: list[Path]
-    modality: str
-    description: str
-    series_number: int | None
-    header: Dataset
-    study_uid: str = ""
-    image_type: tuple[str, ...] = ()
-    frames: list[DicomFrame] = field(default_factory=list)
-    multiframe: bool = False
-    gantry_tilt_deg: float | None = None  # GantryDetectorTilt (0018,1120) of the first file
-    acq: str = ""  # plane label (axi/cor/sag) of one orientation split from a mixed series
-    part: str = ""  # what this part is, when split from a larger series (for messages)
-
-    @property
-    def label(self) -> str:
-        """``series 3`` (SeriesNumber (0020,0011); never the free-text description), plus the part."""
-        number = self.series_number if self.series_number is not None else "? (no SeriesNumber (0020,0011))"
-        return f"series {number}" + (f" [{self.part}]" if self.part else "")
-
-    def where(self) -> str:
-        """Label plus one file path, for error messages."""
-        first = sorted(self.files)[0] if self.files else "?"
-        return f"{self.label} ({first})"
-
-
-@dataclass
-class ScanReport:
-    """What :func:`scan_dicom` found: image series, skipped non-image objects, failed files."""
-
-    series: list[DicomSeries]
-    skipped: list[tuple[Path, str]]
-    failed: list[tuple[Path, str]]
 
 
 @dataclass
@@ -177,643 +96,6 @@ class LoadedSeries:
     warnings: list[str] = field(default_factory=list)
     corrections: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # how it was read (spacing source, photometric, VOI window), for the sidecar
-
-
-# --------------------------------------------------------------------------------------------
-# Scanning
-
-
-def _iter_files(inputs: Sequence[Path | str]) -> Iterable[Path]:
-    """Every regular file under the inputs (folders recursively), sorted, each once.
-
-    Hidden files and folders inside an input folder (``.DS_Store``, workflow timestamps) are
-    not candidates; a hidden file named explicitly is.
-    """
-    seen: set[Path] = set()
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            candidates = sorted(
-                p for p in item.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts)
-            )
-        elif item.is_file():
-            candidates = [item]
-        else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
-        for path in candidates:
-            key = path.resolve()
-            if key not in seen:
-                seen.add(key)
-                yield path
-
-
-class _FileFault(Exception):
-    """A file that cannot be used; the message is the reason."""
-
-
-def _read_header(path: Path) -> tuple[Dataset, int, bytes]:
-    """Header (no pixel data), byte offset where reading stopped, and the 12 bytes found there."""
-    size = path.stat().st_size
-    if size == 0:
-        raise _FileFault("empty file")
-    with open(path, "rb") as fh:
-        try:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True)
-        except InvalidDicomError:
-            # No preamble/"DICM": old ACR-NEMA style files are still DICOM datasets; accept them
-            # only if the forced read yields an SOP Class UID (a text file does not).
-            fh.seek(0)
-            try:
-                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
-                if "SOPClassUID" not in ds or not str(ds.SOPClassUID).startswith("1.2"):
-                    raise _FileFault("not a DICOM file (no DICM prefix and no SOP Class UID)")
-            except _FileFault:
-                raise
-            except Exception as exc:
-                raise _FileFault(f"not a DICOM file ({type(exc).__name__})") from exc
-        except Exception as exc:  # pydicom raises many types on damaged headers
-            raise _FileFault(f"unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
-        stop = fh.tell()
-        head = fh.read(12)
-    _check_lengths(ds, size)
-    return ds, stop, head
-
-
-def _check_lengths(ds: Dataset, size: int) -> None:
-    """Refuse a header whose elements claim bytes beyond the end of the file (truncated file).
-
-    pydicom silently accepts a short final element; the raw (not yet decoded) elements still
-    know where their value starts and how long it should be, so compare with the file size.
-    """
-    for elem in getattr(ds, "_dict", {}).values():  # raw elements only: decoded ones lost the offset
-        tell = getattr(elem, "value_tell", None)
-        length = getattr(elem, "length", None)
-        if tell is None or length is None or length == _UNDEFINED_LENGTH:
-            continue
-        if tell + length > size:
-            raise _FileFault(
-                f"truncated: element {elem.tag} declares {length} bytes at offset {tell}, the file ends at {size}"
-            )
-
-
-def _non_image_reason(ds: Dataset) -> str | None:
-    """Why this object is not an image to convert, or None if it is one."""
-    sop = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", ""))
-    meta_sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
-    if meta_sop == _DICOMDIR_UID or "DirectoryRecordSequence" in ds:
-        return "DICOMDIR (media directory, no image)"
-    for prefix, what in _NON_IMAGE_PREFIXES:
-        if sop.startswith(prefix):
-            return f"{what}: {UID(sop).name}"
-    return None
-
-
-def _pixel_layout(ds: Dataset, stop: int, head: bytes, size: int) -> PixelLayout:
-    """Locate PixelData after the header and check the file holds all of it."""
-    if len(head) < 8:
-        raise _FileFault("no PixelData (7FE0,0010): the file ends after the header")
-    implicit, little = ds.original_encoding
-    endian = "<" if little else ">"
-    group, elem = struct.unpack(endian + "HH", head[:4])
-    if (group, elem) != (0x7FE0, 0x0010):
-        raise _FileFault(f"no PixelData (7FE0,0010); found ({group:04X},{elem:04X}) instead (float pixel data is not supported)")
-    # Some writers store PixelData implicitly inside an explicit-VR file; the VR bytes tell.
-    if implicit or not head[4:6].isalpha():
-        (length,), header_len = struct.unpack(endian + "L", head[4:8]), 8
-    else:
-        (length,), header_len = struct.unpack(endian + "L", head[8:12]), 12
-    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or (ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian))
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    bits = int(ds.get("BitsAllocated", 16) or 16)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    offset = stop + header_len
-    available = size - offset
-    if length == _UNDEFINED_LENGTH:
-        if available < 16:  # at least a Basic Offset Table item and one fragment item header
-            raise _FileFault("truncated: encapsulated PixelData (7FE0,0010) holds no fragments")
-        value_length = None
-    else:
-        per_pixel = 2 if str(ds.get("PhotometricInterpretation", "")).startswith("YBR_FULL_422") else samples
-        expected = (rows * cols * per_pixel * frames * bits + 7) // 8
-        if length > available:
-            raise _FileFault(f"truncated: PixelData (7FE0,0010) declares {length} bytes, the file holds {available}")
-        if length < expected:
-            raise _FileFault(
-                f"PixelData (7FE0,0010) holds {length} bytes, Rows x Columns x frames needs {expected}"
-            )
-        value_length = length
-    return PixelLayout(
-        transfer_syntax=ts, rows=rows, cols=cols, samples=samples, bits_allocated=bits,
-        bits_stored=int(ds.get("BitsStored", bits) or bits), signed=int(ds.get("PixelRepresentation", 0) or 0) == 1,
-        n_frames=frames, value_offset=offset, value_length=value_length,
-    )
-
-
-def _floats(value: object, n: int) -> tuple[float, ...] | None:
-    """``n`` floats from a multi-valued DS, or None when absent/malformed."""
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]))
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n else None
-
-
-def _number(value: object, default: float) -> float:
-    try:
-        return float(value) if value not in (None, "") else default
-    except (TypeError, ValueError):
-        return default
-
-
-def _rescale_value(ds: Dataset | None, keyword: str, default: float) -> float:
-    """RescaleSlope/Intercept of ``ds``: ``default`` when absent, NaN when present but not a number.
-
-    Unlike :func:`_number`, a malformed value is not replaced by the default: loading refuses it.
-    pydicom raises while decoding a DS that is not a number; that too becomes NaN here.
-    """
-    if ds is None:
-        return default
-    try:
-        value = ds.get(keyword)
-        if value in (None, ""):
-            return default
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return float("nan")
-
-
-def _image_type(ds: Dataset) -> tuple[str, ...]:
-    return tuple(str(v).upper() for v in (ds.get("ImageType") or []))
-
-
-#: Pixel spacing of a 2D image without patient geometry, in order of preference: PixelSpacing is
-#: calibrated to the patient; ImagerPixelSpacing is measured at the detector (it includes the
-#: geometric magnification of a projection).
-_PROJECTION_SPACING = (("PixelSpacing", "PixelSpacing (0028,0030)"), ("ImagerPixelSpacing", "ImagerPixelSpacing (0018,1164)"))
-
-
-def _single_frames(path: Path, ds: Dataset, layout: PixelLayout) -> list[DicomFrame]:
-    inst = ds.get("InstanceNumber")
-    position = _floats(ds.get("ImagePositionPatient"), 3)
-    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
-    spacing, source = _floats(ds.get("PixelSpacing"), 2), "PixelSpacing (0028,0030)"
-    if spacing is None and position is None and orientation is None:  # projection: detector spacing
-        for keyword, name in _PROJECTION_SPACING[1:]:
-            spacing, source = _floats(ds.get(keyword), 2), name
-            if spacing is not None:
-                break
-    try:
-        instance = int(inst) if inst not in (None, "") else None
-    except (TypeError, ValueError):
-        instance = None
-    return [
-        DicomFrame(
-            path=path, frame=None, position=position, orientation=orientation,  # type: ignore[arg-type]
-            pixel_spacing=spacing,  # type: ignore[arg-type]
-            slope=_rescale_value(ds, "RescaleSlope", 1.0), intercept=_rescale_value(ds, "RescaleIntercept", 0.0),
-            instance_number=instance, layout=layout, image_type=_image_type(ds), spacing_source=source,
-        )
-    ]
-
-
-def _group_item(groups: Dataset | None, shared: Dataset | None, sequence: str) -> Dataset | None:
-    """First item of a functional-group macro, per-frame first, then shared."""
-    for source in (groups, shared):
-        if source is not None and sequence in source and len(source[sequence].value):
-            return source[sequence].value[0]
-    return None
-
-
-def _multi_frames(path: Path, ds: Dataset, layout: PixelLayout) -> list[DicomFrame]:
-    """Per-frame geometry of an enhanced multi-frame object from its functional groups."""
-    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", []) or [])
-    shared_seq = ds.get("SharedFunctionalGroupsSequence", []) or []
-    shared = shared_seq[0] if len(shared_seq) else None
-    top_slope, top_inter = _rescale_value(ds, "RescaleSlope", 1.0), _rescale_value(ds, "RescaleIntercept", 0.0)
-    frames = []
-    for k in range(layout.n_frames):
-        groups = per_frame[k] if k < len(per_frame) else None
-        pos = _group_item(groups, shared, "PlanePositionSequence")
-        ori = _group_item(groups, shared, "PlaneOrientationSequence")
-        meas = _group_item(groups, shared, "PixelMeasuresSequence")
-        pvt = _group_item(groups, shared, "PixelValueTransformationSequence")
-        frames.append(
-            DicomFrame(
-                path=path, frame=k,
-                position=_floats(pos.get("ImagePositionPatient"), 3) if pos is not None else None,  # type: ignore[arg-type]
-                orientation=_floats(ori.get("ImageOrientationPatient"), 6) if ori is not None else None,
-                pixel_spacing=_floats(meas.get("PixelSpacing"), 2) if meas is not None else None,  # type: ignore[arg-type]
-                slope=_rescale_value(pvt, "RescaleSlope", top_slope), intercept=_rescale_value(pvt, "RescaleIntercept", top_inter),
-                instance_number=k + 1, layout=layout, image_type=_image_type(ds),
-            )
-        )
-    return frames
-
-
-@dataclass
-class _Scanned:
-    path: Path
-    header: Dataset
-    frames: list[DicomFrame]
-
-
-def _scan_file(path: Path) -> _Scanned | str:
-    """Header and frames of an image file, or the reason (str) it is a non-image object.
-
-    Raises _FileFault for unreadable/truncated files.
-    """
-    ds, stop, head = _read_header(path)
-    reason = _non_image_reason(ds)
-    if reason is not None:
-        return reason
-    if "Rows" not in ds or "Columns" not in ds:
-        sop = str(ds.get("SOPClassUID", "") or "")
-        raise _FileFault(f"no image pixel module (Rows/Columns (0028,0010/0011) absent; {UID(sop).name if sop else 'no SOP class'})")
-    layout = _pixel_layout(ds, stop, head, path.stat().st_size)
-    if "SeriesInstanceUID" not in ds:
-        raise _FileFault("image without SeriesInstanceUID (0020,000E)")
-    multi = layout.n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
-    frames = _multi_frames(path, ds, layout) if multi else _single_frames(path, ds, layout)
-    return _Scanned(path, ds, frames)
-
-
-def _series_number(ds: Dataset) -> int | None:
-    value = ds.get("SeriesNumber")
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _make_series(uid: str, members: list[_Scanned]) -> DicomSeries:
-    members = sorted(members, key=lambda m: str(m.path))
-    first = members[0].header
-    tilt = first.get("GantryDetectorTilt")
-    return DicomSeries(
-        series_uid=uid,
-        files=[m.path for m in members],
-        modality=str(first.get("Modality", "") or ""),
-        description=str(first.get("SeriesDescription", "") or ""),
-        series_number=_series_number(first),
-        header=first,
-        study_uid=str(first.get("StudyInstanceUID", "") or ""),
-        image_type=tuple(str(v).upper() for v in (first.get("ImageType") or [])),
-        frames=[f for m in members for f in m.frames],
-        multiframe=any(f.frame is not None for m in members for f in m.frames),
-        gantry_tilt_deg=_number(tilt, 0.0) if tilt not in (None, "") else None,
-    )
-
-
-def scan_dicom(inputs: Sequence[Path | str]) -> ScanReport:
-    """Group the DICOM image files under ``inputs`` (files or folders, any depth) into series.
-
-    Headers only are read. Non-image objects go to ``skipped``, unreadable/truncated/pixel-less
-    files to ``failed``, each with a reason; neither stops the scan. Series are ordered by
-    (StudyInstanceUID, SeriesNumber, SeriesInstanceUID). Input files are opened read-only.
-    """
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    groups: dict[str, list[_Scanned]] = {}
-    skipped: list[tuple[Path, str]] = []
-    failed: list[tuple[Path, str]] = []
-    for path in _iter_files(inputs):
-        try:
-            result = _scan_file(path)
-        except _FileFault as exc:
-            failed.append((path, str(exc)))
-            continue
-        except OSError as exc:
-            failed.append((path, f"cannot read ({exc.strerror or exc})"))
-            continue
-        if isinstance(result, str):
-            skipped.append((path, result))
-        else:
-            groups.setdefault(str(result.header.SeriesInstanceUID), []).append(result)
-    series = [_make_series(uid, members) for uid, members in groups.items()]
-    series.sort(key=lambda s: (s.study_uid, s.series_number if s.series_number is not None else -1, s.series_uid))
-    return ScanReport(series=series, skipped=skipped, failed=failed)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def _fail(series: DicomSeries, message: str) -> DicomSeriesError:
-    return DicomSeriesError(f"{series.where()}: {message}")
-
-
-# --------------------------------------------------------------------------------------------
-# Splitting a series into what can be converted on its own
-
-#: Plane label by the LPS axis the slice normal is closest to (x: sagittal, y: coronal, z: axial).
-PLANES = ("sag", "cor", "axi")
-
-
-def plane_of(orientation: Sequence[float]) -> str:
-    """``axi`` / ``cor`` / ``sag``: the patient axis closest to the slice normal (obliques included).
-
-    An exact tie (a 45 degree oblique) goes to axial, then coronal: a fixed rule, so that the
-    same series always gets the same name.
-    """
-    iop = np.asarray(orientation, dtype=np.float64).reshape(6)
-    weight = np.round(np.abs(np.cross(iop[:3], iop[3:])), 6)
-    return PLANES[2 - int(np.argmax(weight[::-1]))]  # argmax takes the first maximum: z, then y, then x
-
-
-def is_projection(series: DicomSeries) -> bool:
-    """Whether ``series`` holds 2D images without patient geometry (CR, DX, MG, secondary capture...).
-
-    Such images have neither ImagePositionPatient (0020,0032) nor ImageOrientationPatient
-    (0020,0037) and are single-frame; each converts to a one-slice image of its own.
-    """
-    frames = series.frames
-    return bool(frames) and all(f.position is None and f.orientation is None and f.frame is None for f in frames)
-
-
-@dataclass
-class SeriesSplit:
-    """The parts of a series that convert one by one, and what the split did (for the summary)."""
-
-    parts: list[DicomSeries]
-    notes: list[str] = field(default_factory=list)
-    dropped: list[tuple[Path, str]] = field(default_factory=list)  # files left out, with the reason
-
-
-def _part(series: DicomSeries, frames: list[DicomFrame], *, acq: str = "", part: str = "") -> DicomSeries:
-    files = sorted({f.path for f in frames}, key=str)
-    return replace(series, files=files, frames=list(frames), acq=acq, part=part,
-                   image_type=frames[0].image_type or series.image_type)
-
-
-def _orientation_groups(frames: list[DicomFrame]) -> list[list[DicomFrame]]:
-    groups: list[list[DicomFrame]] = []
-    for f in frames:
-        for group in groups:
-            if geo.same_orientation(f.orientation, group[0].orientation):  # type: ignore[arg-type]
-                group.append(f)
-                break
-        else:
-            groups.append([f])
-    return groups
-
-
-def _first_instance(frames: list[DicomFrame]) -> tuple[float, str]:
-    numbers = [f.instance_number for f in frames if f.instance_number is not None]
-    return (min(numbers) if numbers else math.inf, min(str(f.path) for f in frames))
-
-
-def split_series(series: DicomSeries) -> SeriesSplit:
-    """Split ``series`` into the parts that convert on their own, as dcm2niix does.
-
-    * 2D images without patient geometry (:func:`is_projection`): one part per image.
-    * Frames whose ImageType (0008,0008) says LOCALIZER, in a series that also holds other
-      frames: dropped (named in the notes).
-    * Several slice orientations (ImageOrientationPatient (0020,0037)): one part per
-      orientation, ``acq`` = its plane (:func:`plane_of`), parts ordered by their lowest
-      InstanceNumber (then file name, then orientation), so the order never depends on the
-      file system. An orientation holding one slice (multi-plane localizer, radial series)
-      becomes a single-slice image.
-
-    A series that needs none of this comes back unchanged as the only part.
-    """
-    frames = series.frames or _rescan(series)
-    if is_projection(replace(series, frames=frames)):
-        if len(frames) == 1:
-            return SeriesSplit([series])
-        ordered = sorted(frames, key=lambda f: _first_instance([f]))
-        note = f"{series.label}: {len(frames)} images without patient geometry (projection radiographs), each converted on its own"
-        return SeriesSplit([_part(series, [f], part=f"image {k + 1} of {len(frames)}") for k, f in enumerate(ordered)], [note])
-    notes: list[str] = []
-    localizers = [f for f in frames if "LOCALIZER" in f.image_type]
-    if "LOCALIZER" in series.image_type and len(localizers) == len(frames):
-        return SeriesSplit([series])  # a localizer series: refused once, as a whole, when loaded
-    if localizers and len(localizers) < len(frames):
-        frames = [f for f in frames if "LOCALIZER" not in f.image_type]
-        dropped = [(path, f"{series.label}: localizer image (ImageType (0008,0008) LOCALIZER) dropped from a series "
-                          "that holds other images") for path in sorted({f.path for f in localizers}, key=str)]
-        notes.append(f"{series.label}: dropped {len(localizers)} localizer image(s) (ImageType (0008,0008) LOCALIZER)")
-    else:
-        dropped = []
-    if any(f.orientation is None for f in frames):
-        return SeriesSplit([_part(series, frames) if dropped else series], notes, dropped)  # loading names the missing tag
-    groups = _orientation_groups(frames)
-    if len(groups) == 1:
-        return SeriesSplit([_part(series, frames) if dropped else series], notes, dropped)
-    groups.sort(key=lambda g: (*_first_instance(g), tuple(round(v, 4) for v in g[0].orientation)))  # type: ignore[union-attr]
-    planes = [plane_of(g[0].orientation) for g in groups]  # type: ignore[arg-type]
-    parts = [_part(series, g, acq=plane, part=f"orientation {k + 1} of {len(groups)}, acq-{plane}")
-             for k, (g, plane) in enumerate(zip(groups, planes))]
-    shown = ", ".join(f"acq-{plane} ({len(g)} slice{'s' if len(g) > 1 else ''})" for g, plane in zip(groups, planes))
-    why = ""
-    if all(len(g) == 1 for g in groups):
-        why = "; each orientation holds one slice (multi-plane localizer or radial series), so each becomes a single-slice image"
-    notes.append(f"{series.label}: {len(groups)} slice orientations (ImageOrientationPatient (0020,0037)) split into "
-                 f"one image per orientation: {shown}{why}")
-    return SeriesSplit(parts, notes, dropped)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def _check_rescale(series: DicomSeries, frames: list[DicomFrame]) -> None:
-    """Refuse a RescaleSlope that is 0 or not finite, or a RescaleIntercept that is not finite."""
-    for f in frames:
-        where = f"{f.path}" + (f" frame {f.frame + 1}" if f.frame is not None else "")
-        if not math.isfinite(f.slope) or f.slope == 0:
-            what = "0" if f.slope == 0 else "not a finite number"
-            raise _fail(series, f"RescaleSlope (0028,1053) is {what} in {where}: stored values cannot be turned into "
-                                "physical values (a zero slope makes every voxel equal the intercept); the header is "
-                                "damaged: correct it or leave this series out")
-        if not math.isfinite(f.intercept):
-            raise _fail(series, f"RescaleIntercept (0028,1052) is not a finite number in {where}; the header is damaged: "
-                                "correct it or leave this series out")
-
-
-def _refuse_constant(series: DicomSeries, frames: list[DicomFrame], volume: np.ndarray) -> None:
-    if volume.size and float(volume.min()) == float(volume.max()):
-        slopes = sorted({f.slope for f in frames})
-        inters = sorted({f.intercept for f in frames})
-        raise _fail(series, f"every voxel is {float(volume.min()):g} after rescale (RescaleSlope (0028,1053) "
-                            f"{', '.join(f'{v:g}' for v in slopes[:3])}, RescaleIntercept (0028,1052) "
-                            f"{', '.join(f'{v:g}' for v in inters[:3])}; first file {frames[0].path}): a constant image "
-                            "holds nothing to learn from and is usually a damaged export; if it is intended, pass "
-                            "--allow-constant (config ingest.allow_constant: true)")
-
-
-def _refuse_non_volumes(series: DicomSeries, frames: list[DicomFrame], min_slices: int) -> None:
-    """Localizers, too few slices, colour and images without geometry."""
-    if "LOCALIZER" in series.image_type:
-        raise _fail(series, "is a localizer (ImageType (0008,0008) contains LOCALIZER), not a volume")
-    if len(frames) < min_slices:
-        raise _fail(series, f"has {len(frames)} slice(s), fewer than the {min_slices} asked for "
-                            f"(--min-slices {min_slices} / ingest.min_slices: {min_slices})")
-    if any(f.layout.samples != 1 for f in frames):
-        raise _fail(series, "is a colour image (SamplesPerPixel (0028,0002) > 1); only greyscale volumes are supported")
-    for attr, tag in (("position", "ImagePositionPatient (0020,0032)"), ("orientation", "ImageOrientationPatient (0020,0037)"),
-                      ("pixel_spacing", "PixelSpacing (0028,0030)")):
-        missing = [f for f in frames if getattr(f, attr) is None]
-        if missing:
-            where = "per-frame/shared functional groups" if series.multiframe else "header"
-            if series.multiframe:
-                tag += {"position": " / PlanePositionSequence (0020,9113)", "orientation": " / PlaneOrientationSequence (0020,9116)",
-                        "pixel_spacing": " / PixelMeasuresSequence (0028,9110)"}[attr]
-            raise _fail(series, f"{len(missing)} of {len(frames)} slices lack {tag} in the {where} (first: {missing[0].path}): "
-                                "no geometry to place them")
-    dims = {(f.layout.rows, f.layout.cols) for f in frames}
-    if len(dims) > 1:
-        raise _fail(series, f"slices differ in size (Rows, Columns) (0028,0010/0011): {sorted(dims)}")
-
-
-def _common_orientation(series: DicomSeries, frames: list[DicomFrame]) -> geo.Orientation:
-    distinct = [g[0].orientation for g in _orientation_groups(frames)]
-    if len(distinct) > 1:
-        shown = "; ".join("[" + ", ".join(f"{v:.4g}" for v in d) + "]" for d in distinct[:4])  # type: ignore[union-attr]
-        raise _fail(series, f"mixes {len(distinct)} slice orientations (ImageOrientationPatient (0020,0037): {shown}); "
-                            "split it first (split_series; medgen ingest does this) into one image per orientation")
-    spacings = {f.pixel_spacing for f in frames}
-    if len(spacings) > 1:
-        raise _fail(series, f"slices differ in PixelSpacing (0028,0030): {sorted(spacings)[:4]}")
-    try:
-        return geo.orientation_axes(np.array(distinct[0]))
-    except geo.GeometryError as exc:
-        raise _fail(series, f"{exc} in {frames[0].path}") from None
-
-
-def _read_raw(frames: list[DicomFrame]) -> np.ndarray:
-    """Stored values (n, rows, cols) of native little-endian single-frame files, read with numpy."""
-    lay = frames[0].layout
-    dtype = np.dtype(f"<{'i' if lay.signed else 'u'}{lay.bits_allocated // 8}")
-    count = lay.rows * lay.cols
-    out = np.empty((len(frames), lay.rows, lay.cols), dtype=dtype)
-    for n, f in enumerate(frames):
-        out[n] = np.fromfile(f.path, dtype=dtype, count=count, offset=f.layout.value_offset).reshape(lay.rows, lay.cols)
-    shift = lay.bits_allocated - lay.bits_stored
-    if shift:
-        if lay.signed:  # sign-extend the stored bits (two's complement in the low BitsStored bits)
-            out = (out << shift) >> shift
-        else:  # bits above BitsStored may hold overlays: not part of the value
-            out &= dtype.type((1 << lay.bits_stored) - 1)
-    return out
-
-
-def _decode(series: DicomSeries, path: Path) -> np.ndarray:
-    """All frames of one file via pydicom (compressed, big endian, multi-frame...): (frames, rows, cols)."""
-    try:
-        ds = pydicom.dcmread(path)
-        arr = ds.pixel_array
-    except Exception as exc:  # decoder plugins raise assorted types
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) if "ds" in locals() else None
-        name = f"{UID(str(ts)).name} ({ts})" if ts else "unknown transfer syntax"
-        raise _fail(series, f"cannot decode pixels of {path} [transfer syntax {name}]: {type(exc).__name__}: {exc}") from exc
-    return arr[np.newaxis] if arr.ndim == 2 else arr
-
-
-def _stored_values(series: DicomSeries, frames: list[DicomFrame]) -> np.ndarray:
-    """Stored pixel values (n, rows, cols) for the frames in the given order."""
-    if all(f.frame is None and f.layout.raw_readable for f in frames):
-        layouts = {(f.layout.bits_allocated, f.layout.bits_stored, f.layout.signed) for f in frames}
-        if len(layouts) == 1:
-            try:
-                return _read_raw(frames)
-            except (OSError, ValueError) as exc:
-                raise _fail(series, f"cannot read pixels: {exc}") from exc
-    cache: dict[Path, np.ndarray] = {}
-    slices = []
-    for f in frames:
-        if f.path not in cache:
-            cache[f.path] = _decode(series, f.path)
-        data = cache[f.path]
-        slices.append(data[f.frame or 0])
-    return np.stack(slices)
-
-
-def _to_physical(stored: np.ndarray, frames: list[DicomFrame]) -> np.ndarray:
-    """Apply each slice's RescaleSlope/Intercept; float32 (n, rows, cols)."""
-    slopes = np.array([f.slope for f in frames], dtype=np.float64)
-    inters = np.array([f.intercept for f in frames], dtype=np.float64)
-    if np.all(slopes == 1) and np.all(inters == np.round(inters)) and np.abs(stored).max(initial=0) < 2**24 - 2**16:
-        # Integers below 2**24 are exact in float32: skip the float64 detour (hot path for CT).
-        out = stored.astype(np.float32)
-        if np.any(inters):
-            out += inters.astype(np.float32)[:, None, None]
-        return out
-    return (stored * slopes[:, None, None] + inters[:, None, None]).astype(np.float32)
-
-
-def _value_range(frames: list[DicomFrame]) -> tuple[float, float]:
-    """Smallest and largest physical value the stored bits can express (BitsStored, sign, rescale)."""
-    lows, highs = [], []
-    for f in frames:
-        bits = f.layout.bits_stored
-        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if f.layout.signed else (0, 2**bits - 1)
-        a, b = lo * f.slope + f.intercept, hi * f.slope + f.intercept
-        lows.append(min(a, b))
-        highs.append(max(a, b))
-    return float(min(lows)), float(max(highs))
-
-
-def _photometric(slices: np.ndarray, frames: list[DicomFrame], header: Dataset, info: dict) -> np.ndarray:
-    """MONOCHROME1 (low values shown white) -> MONOCHROME2: ``v' = lo + hi - v`` over the expressible range.
-
-    The flip uses the range the stored bits can hold (not the image's own minimum and maximum),
-    so it is the same for every image of a scanner and exactly invertible; the sidecar records it.
-    """
-    photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
-    if photometric != "MONOCHROME1":
-        return slices
-    lo, hi = _value_range(frames)
-    info["photometric"] = {"source": "MONOCHROME1", "written_as": "MONOCHROME2", "inverted": True,
-                           "rule": "value = lo + hi - original", "lo": lo, "hi": hi}
-    return ((lo + hi) - slices.astype(np.float64)).astype(np.float32)
-
-
-def _voi_window(header: Dataset, info: dict) -> None:
-    """Record the VOI window (WindowCenter/Width (0028,1050/1051)) in the values written out."""
-    centers = _floats_any(header.get("WindowCenter"))
-    widths = _floats_any(header.get("WindowWidth"))
-    if not centers or not widths or len(centers) != len(widths):
-        if "VOILUTSequence" in header:
-            info["voi_window"] = {"voi_lut_sequence": True, "applied": False}
-        return
-    flip = info.get("photometric")
-    if flip:  # the window moves with the inversion; its width does not change
-        centers = [flip["lo"] + flip["hi"] - c for c in centers]
-    info["voi_window"] = {
-        "center": centers, "width": widths,
-        "function": str(header.get("VOILUTFunction", "") or "LINEAR"),
-        "source": "WindowCenter (0028,1050) / WindowWidth (0028,1051)"
-                  + (", centre mirrored with the MONOCHROME1 inversion" if flip else ""),
-        "applied": False,
-    }
-
-
-def _floats_any(value: object) -> list[float]:
-    if value in (None, ""):
-        return []
-    items = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
-    try:
-        return [float(v) for v in items]  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        return []
-
-
-def _check_stack(series: DicomSeries, dist: np.ndarray) -> None:
-    dups = geo.duplicate_positions(dist)
-    if dups:
-        raise _fail(series, f"{dups} slice(s) share a position with another slice (ImagePositionPatient (0020,0032)); "
-                            "several echoes/time points/acquisitions in one series are not supported")
-
-
-def _spacing_problem(series: DicomSeries, check: geo.SpacingCheck, n: int) -> str:
-    bad = check.steps[check.uneven]
-    return (f"uneven slice spacing along the normal (ImagePositionPatient (0020,0032)): expected "
-            f"{check.median_step:.4g} mm between all slices, found {len(bad)} step(s) of "
-            f"{', '.join(f'{s:.4g}' for s in bad[:5])} mm; {n} slices found, a uniform stack over the same extent "
-            f"would have {check.expected_count} (missing slice?)")
 
 
 def load_series(
@@ -834,45 +116,46 @@ def load_series(
     of 0 or not finite, several orientations (see :func:`split_series`), and a volume that is
     constant after rescale unless ``allow_constant``.
     """
-    for name, value in (("on_tilt", on_tilt), ("on_uneven", on_uneven)):
-        if value not in ("refuse", "resample"):
-            raise ValueError(f"{name} must be 'refuse' or 'resample', got {value!r}")
-    frames = series.frames or _rescan(series)
-    _check_rescale(series, frames)
+    check_options(on_tilt, on_uneven)
+    frames = series_frames(series)
+    check_rescale(series, frames)
     if is_projection(replace(series, frames=frames)):
         loaded = _load_projection(series, frames)
     else:
         loaded = _load_stack(series, frames, on_tilt=on_tilt, on_uneven=on_uneven, min_slices=min_slices)
     if not allow_constant:
-        _refuse_constant(series, frames, loaded.array)
-    if series.part:  # one part of a split series: say which
-        loaded.info["part"] = series.part
-        if series.acq:
-            loaded.info["acq"] = series.acq
+        refuse_constant(series, frames, loaded.array)
+    _record_part(series, loaded.info)
     for w in loaded.warnings:
         log.warning(w)
     return loaded
 
 
+def _record_part(series: DicomSeries, info: dict) -> None:
+    """Say which part of a split series this is (nothing for a whole series)."""
+    if series.part:
+        info["part"] = series.part
+        if series.acq:
+            info["acq"] = series.acq
+
+
+def _physical_slices(series: DicomSeries, frames: list[DicomFrame], info: dict) -> np.ndarray:
+    """Pixels of ``frames`` in order: physical values as MONOCHROME2, float32 (n, rows, cols); ``info`` records how."""
+    slices = monochrome2(to_physical(stored_values(series, frames), frames), frames, series.header, info)
+    record_voi_window(series.header, info)
+    return slices
+
+
 def _load_projection(series: DicomSeries, frames: list[DicomFrame]) -> LoadedSeries:
     """One 2D image without patient geometry -> (cols, rows, 1) with its pixel spacing."""
-    if len(frames) != 1:
-        raise _fail(series, f"holds {len(frames)} images without patient geometry (no ImagePositionPatient (0020,0032) / "
-                            "ImageOrientationPatient (0020,0037)); they cannot be stacked: split it first (split_series; "
-                            "medgen ingest does this)")
-    frame = frames[0]
-    if frame.layout.samples != 1:
-        raise _fail(series, f"is a colour image (SamplesPerPixel (0028,0002) > 1) in {frame.path}; only greyscale images are supported")
-    if frame.pixel_spacing is None:
-        raise _fail(series, f"{frame.path} has neither PixelSpacing (0028,0030) nor ImagerPixelSpacing (0018,1164): "
-                            "no pixel size to place the image")
+    frame = check_projection(series, frames)
+    assert frame.pixel_spacing is not None
     info: dict = {"kind": "projection (2D image without patient geometry)",
                   "pixel_spacing_mm": [float(v) for v in frame.pixel_spacing],
                   "pixel_spacing_source": frame.spacing_source}
     if frame.spacing_source.startswith("ImagerPixelSpacing"):
         info["pixel_spacing_note"] = "spacing at the detector plane: includes the geometric magnification of the projection"
-    slices = _photometric(_to_physical(_stored_values(series, frames), frames), frames, series.header, info)
-    _voi_window(series.header, info)
+    slices = _physical_slices(series, frames, info)
     info["placement"] = ("no ImagePositionPatient (0020,0032) / ImageOrientationPatient (0020,0037): placed as if "
                          "ImageOrientationPatient = [1, 0, 0, 0, 1, 0] with the first pixel at the origin; the third "
                          "voxel size (1 mm) is nominal")
@@ -882,79 +165,39 @@ def _load_projection(series: DicomSeries, frames: list[DicomFrame]) -> LoadedSer
 
 
 def _load_stack(series: DicomSeries, frames: list[DicomFrame], *, on_tilt: str, on_uneven: str, min_slices: int) -> LoadedSeries:
-    _refuse_non_volumes(series, frames, min_slices)
-    orient = _common_orientation(series, frames)
-    positions = np.array([f.position for f in frames], dtype=np.float64)
-    order, dist = geo.slice_order(positions, orient.normal)
-    frames = [frames[i] for i in order]
-    positions = positions[order]
-    _check_stack(series, dist)
-    spacing = geo.check_spacing(dist) if len(dist) > 1 else None
-    offsets = geo.lateral_offsets(positions, orient)
-    # Shear: slice origins that do not lie on the normal through the first one.
-    shear_mm = float(np.linalg.norm(offsets, axis=1).max())
-    sheared = shear_mm > geo.SHEAR_TOL_MM
-    warnings: list[str] = []
+    """A slice stack: checks, pixels, slice step, then the resampling of an uneven or tilted stack where asked."""
+    stack = ordered_stack(series, frames, min_slices)
+    tilt = check_tilt(series, stack, on_tilt)
+    check_uneven(series, stack, on_uneven)
+    warnings: list[str] = [tilt.note] if tilt.note else []
     corrections: dict = {}
-    info: dict = {"kind": "slice stack", "slices": len(frames)}
-    header_tilt = series.gantry_tilt_deg or 0.0
-    if sheared:
-        angle = geo.tilt_angle_deg(positions, orient)
-        off_line = geo.off_line_mm(offsets, dist)
-        if off_line > geo.SHEAR_TOL_MM:
-            raise _fail(series, f"slice positions (ImagePositionPatient (0020,0032)) are not on one line: up to {off_line:.3g} mm "
-                                "off the line through the first and last slice; neither a straight nor a tilted stack")
-        if on_tilt == "refuse":
-            raise _fail(series, f"gantry tilt of {angle:.2f} deg: slice positions (ImagePositionPatient (0020,0032)) are "
-                                f"sheared off the slice normal by up to {shear_mm:.3g} mm (GantryDetectorTilt (0018,1120) = "
-                                f"{header_tilt:g} deg); refused as asked (--on-tilt refuse / ingest.on_tilt: refuse); "
-                                "--on-tilt resample (ingest.on_tilt: resample) resamples it onto an orthogonal grid")
-    elif abs(header_tilt) > 0.01:
-        warnings.append(f"{series.label}: GantryDetectorTilt (0018,1120) = {header_tilt:g} deg but the slices lie along "
-                        "their normal (tilt already in ImageOrientationPatient); no correction needed")
-    if spacing is not None and not spacing.uniform and on_uneven == "refuse":
-        raise _fail(series, _spacing_problem(series, spacing, len(frames))
-                    + "; --on-uneven resample (config ingest.on_uneven: resample) interpolates onto a uniform grid")
-
-    stored = _stored_values(series, frames)
-    slices = _photometric(_to_physical(stored, frames), frames, series.header, info)  # (Z, rows, cols)
-    _voi_window(series.header, info)
-    volume = slices.transpose(2, 1, 0)  # (X=cols, Y=rows, Z): a view, F-contiguous like NIfTI
-    pixel_spacing = frames[0].pixel_spacing
-    assert pixel_spacing is not None
-    if len(dist) > 1:
-        step = float(dist[-1] - dist[0]) / (len(dist) - 1)
-        info["slice_step_source"] = "ImagePositionPatient (0020,0032) along the slice normal"
-    else:
-        step, source = _single_slice_step(series.header)
-        info["slice_step_source"] = source
-        if source.startswith("none"):
-            warnings.append(f"{series.label}: one slice and neither SliceThickness (0018,0050) nor SpacingBetweenSlices "
-                            "(0018,0088): its third voxel size is set to 1 mm")
-    if spacing is not None and not spacing.uniform:
-        first, last = positions[0], positions[-1]
-        volume, step = geo.regrid_along_normal(volume, dist, spacing.median_step)
-        fractions = np.linspace(0.0, 1.0, volume.shape[2])
-        positions = first + fractions[:, None] * (last - first)  # the stack is one line (checked above when sheared)
-        corrections["resampled"] = True
-        corrections["uneven_spacing"] = {"median_step_mm": spacing.median_step, "found_slices": len(frames),
-                                         "output_slices": int(volume.shape[2]), "output_step_mm": step}
-        warnings.append(f"{series.label}: " + _spacing_problem(series, spacing, len(frames))
-                        + f"; resampled linearly along the normal to {volume.shape[2]} slices of {step:.4g} mm")
+    info: dict = {"kind": "slice stack", "slices": len(stack.frames)}
+    volume = _physical_slices(series, stack.frames, info).transpose(2, 1, 0)  # (X=cols, Y=rows, Z): a view, F-contiguous like NIfTI
+    step = _slice_step(series, stack, info, warnings)
+    positions = stack.positions
+    if stack.uneven:
+        volume, step, positions = _regrid_uneven(series, stack, volume, corrections, warnings)
     origin = positions[0]
-    if sheared:
-        before = volume.shape
-        volume, origin = geo.resample_sheared_stack(volume, positions, orient, pixel_spacing, fill=float(volume.min()))
-        corrections["gantry_tilt_deg"] = round(angle, 4)
-        corrections["tilt_resampled"] = True
-        corrections["tilt"] = {"method": "SimpleITK linear resampling onto an orthogonal grid holding the whole sheared stack",
-                               "input_shape": [int(n) for n in before], "output_shape": [int(n) for n in volume.shape],
-                               "GantryDetectorTilt_deg": header_tilt}
-        warnings.append(f"{series.label}: gantry tilt {angle:.2f} deg corrected by resampling onto an orthogonal grid "
-                        f"holding the whole stack ({before[0]}x{before[1]} -> {volume.shape[0]}x{volume.shape[1]} "
-                        "pixels per slice, linear); --on-tilt refuse (ingest.on_tilt: refuse) refuses such series instead")
-    affine = geo.stack_affine(orient, pixel_spacing, origin, step)
+    if tilt.sheared:
+        volume, origin = _resample_tilt(series, stack, tilt, volume, positions, corrections, warnings)
+    pixel_spacing = stack.frames[0].pixel_spacing
+    assert pixel_spacing is not None
+    affine = geo.stack_affine(stack.orient, pixel_spacing, origin, step)
     return LoadedSeries(array=volume, affine=affine, header=series.header, warnings=warnings, corrections=corrections, info=info)
+
+
+def _slice_step(series: DicomSeries, stack: Stack, info: dict, warnings: list[str]) -> float:
+    """Third voxel size (mm): the mean step along the normal, or for one slice its header's thickness."""
+    dist = stack.dist
+    if len(dist) > 1:
+        info["slice_step_source"] = "ImagePositionPatient (0020,0032) along the slice normal"
+        return float(dist[-1] - dist[0]) / (len(dist) - 1)
+    step, source = _single_slice_step(series.header)
+    info["slice_step_source"] = source
+    if source.startswith("none"):
+        warnings.append(f"{series.label}: one slice and neither SliceThickness (0018,0050) nor SpacingBetweenSlices "
+                        "(0018,0088): its third voxel size is set to 1 mm")
+    return step
 
 
 def _single_slice_step(header: Dataset) -> tuple[float, str]:
@@ -963,21 +206,47 @@ def _single_slice_step(header: Dataset) -> tuple[float, str]:
     SliceThickness (what the slice covers), else SpacingBetweenSlices, else 1 mm.
     """
     for keyword, tag in (("SliceThickness", "(0018,0050)"), ("SpacingBetweenSlices", "(0018,0088)")):
-        value = _number(header.get(keyword), 0.0)
+        value = header_number(header.get(keyword), 0.0)
         if value > 0 and math.isfinite(value):
             return value, f"{keyword} {tag}"
     return 1.0, "none (1 mm nominal)"
 
 
-def _rescan(series: DicomSeries) -> list[DicomFrame]:
-    """Frames of a DicomSeries built without them (e.g. by hand): read the headers again."""
-    frames: list[DicomFrame] = []
-    for path in series.files:
-        try:
-            result = _scan_file(Path(path))
-        except _FileFault as exc:
-            raise _fail(series, f"{path}: {exc}") from None
-        if isinstance(result, str):
-            raise _fail(series, f"{path}: {result}")
-        frames.extend(result.frames)
-    return frames
+def _regrid_uneven(
+    series: DicomSeries, stack: Stack, volume: np.ndarray, corrections: dict, warnings: list[str]
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Unevenly spaced slices -> a uniform grid along the normal (linear); the volume, its step and slice origins."""
+    spacing = stack.spacing
+    assert spacing is not None
+    n = len(stack.frames)
+    first, last = stack.positions[0], stack.positions[-1]
+    volume, step = geo.regrid_along_normal(volume, stack.dist, spacing.median_step)
+    fractions = np.linspace(0.0, 1.0, volume.shape[2])
+    positions = first + fractions[:, None] * (last - first)  # the stack is one line (checked when sheared)
+    corrections["resampled"] = True
+    corrections["uneven_spacing"] = {"median_step_mm": spacing.median_step, "found_slices": n,
+                                     "output_slices": int(volume.shape[2]), "output_step_mm": step}
+    warnings.append(f"{series.label}: " + spacing_problem(spacing, n)
+                    + f"; resampled linearly along the normal to {volume.shape[2]} slices of {step:.4g} mm")
+    return volume, step, positions
+
+
+def _resample_tilt(
+    series: DicomSeries, stack: Stack, tilt: Tilt, volume: np.ndarray, positions: np.ndarray,
+    corrections: dict, warnings: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A sheared (gantry-tilted) stack -> an orthogonal grid holding all of it (SimpleITK, linear); volume and origin."""
+    assert tilt.angle_deg is not None
+    pixel_spacing = stack.frames[0].pixel_spacing
+    assert pixel_spacing is not None
+    before = volume.shape
+    volume, origin = geo.resample_sheared_stack(volume, positions, stack.orient, pixel_spacing, fill=float(volume.min()))
+    corrections["gantry_tilt_deg"] = round(tilt.angle_deg, 4)
+    corrections["tilt_resampled"] = True
+    corrections["tilt"] = {"method": "SimpleITK linear resampling onto an orthogonal grid holding the whole sheared stack",
+                           "input_shape": [int(n) for n in before], "output_shape": [int(n) for n in volume.shape],
+                           "GantryDetectorTilt_deg": tilt.header_deg}
+    warnings.append(f"{series.label}: gantry tilt {tilt.angle_deg:.2f} deg corrected by resampling onto an orthogonal grid "
+                    f"holding the whole stack ({before[0]}x{before[1]} -> {volume.shape[0]}x{volume.shape[1]} "
+                    "pixels per slice, linear); --on-tilt refuse (ingest.on_tilt: refuse) refuses such series instead")
+    return volume, origin

@@ -33,6 +33,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from medgen.io.atomic import atomic_write_bytes
+
 __all__ = ["PatientIdentity", "write_dicom_series", "quantise", "default_rescale", "LPS_FROM_RAS"]
 
 #: RAS -> LPS (and back: it is its own inverse), as a 4x4 homogeneous matrix.
@@ -329,8 +331,8 @@ def write_dicom_series(
             DataElement("PixelData", "OW", np.ascontiguousarray(stored[:, :, k].T).tobytes()),
         ]
         body = sorted(encoded_common + [(int(e.tag), _encode([e], encodings)) for e in per_slice])
-        with open(path, "xb") as fh:  # "x": a file that appeared meanwhile is never overwritten
-            fh.write(b"\0" * 128 + b"DICM" + _file_meta(modality, sop_uid) + b"".join(b for _, b in body))
+        data = b"\0" * 128 + b"DICM" + _file_meta(modality, sop_uid) + b"".join(b for _, b in body)
+        atomic_write_bytes(path, data, exclusive=True)  # a file that appeared meanwhile is never overwritten
     return paths
 
 

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from medgen.data.normalise import invert_normalisation, is_ct  # noqa: E402
-from medgen.io.atomic import atomic_write_text  # noqa: E402
+from medgen.io.atomic import atomic_write_text, atomic_write_with  # noqa: E402
 from medgen.io.nifti import save_nifti  # noqa: E402
 
 if TYPE_CHECKING:
@@ -296,9 +296,7 @@ def _write_grid(samples: list[_Sample], path: Path) -> Path:
         for c, i in enumerate(row):
             y0, x0 = _GAP + r * (h * scale + _GAP), _GAP + c * (w * scale + _GAP)
             mosaic[y0 : y0 + h * scale, x0 : x0 + w * scale] = np.kron(images[i], np.ones((scale, scale), dtype=np.float32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(path, mosaic, cmap="gray", vmin=0.0, vmax=1.0)
-    return path
+    return atomic_write_with(path, lambda fh: plt.imsave(fh, mosaic, cmap="gray", vmin=0.0, vmax=1.0, format="png"))
 
 
 # --------------------------------------------------------------------------------------------

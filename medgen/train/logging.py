@@ -146,13 +146,13 @@ def truncate_events(path: Path, max_step: int) -> bool:
             kept.append(record)
     if not dropped:
         return False
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    def write(fh) -> None:
         writer = RecordWriter(fh)
         for record in kept:
             writer.write(record)
         writer.flush()
-    os.replace(tmp, path)
+
+    atomic_write_with(path, write)
     return True
 
 
