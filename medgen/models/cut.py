@@ -151,7 +151,6 @@ class CUT(TranslationModel):
 
     config_class = CUTConfig
 
-
     def __init__(self, config: CUTConfig | None = None) -> None:
         super().__init__(config)
         cfg = self.config

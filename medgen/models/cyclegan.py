@@ -58,7 +58,6 @@ class CycleGAN(TranslationModel):
 
     config_class = CycleGANConfig
 
-
     def __init__(self, config: CycleGANConfig | None = None) -> None:
         super().__init__(config)
         cfg = self.config

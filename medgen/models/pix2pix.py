@@ -55,7 +55,6 @@ class Pix2Pix(TranslationModel):
 
     config_class = Pix2PixConfig
 
-
     def __init__(self, config: Pix2PixConfig | None = None) -> None:
         super().__init__(config)
         cfg = self.config
