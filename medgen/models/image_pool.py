@@ -1,6 +1,6 @@
 """The image pool of CycleGAN: past fakes shown to the discriminators (Shrivastava et al. 2017).
 
-Hand-written (no library offers one) and kept in the model's ``state_dict`` so that a resumed
+Hand-written (neither MONAI nor torch has one) and kept in the model's ``state_dict`` so that a resumed
 run continues with the same history.
 """
 
