@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from medgen.models.adversarial import generator_bce_loss
 from medgen.models.cgan import ConditionalGAN
-from medgen.models.gan import DCGAN, generator_bce_loss
+from medgen.models.gan import DCGAN
 from medgen.models.glow import Glow
 from medgen.models.registry import MODELS, build_model, model_options
 from model_helpers import SimpleStepContext, fit

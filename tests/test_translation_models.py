@@ -11,7 +11,8 @@ from medgen.models.cut import CUT, FastCUT, patch_nce_loss
 from medgen.models.cyclegan import CycleGAN
 from medgen.models.pix2pix import Pix2Pix
 from medgen.models.registry import build_model
-from medgen.models.translation_nets import ImagePool, linear_decay_factor
+from medgen.models.image_pool import ImagePool
+from medgen.models.translation_base import linear_decay_factor
 from medgen.train.engine import TrainConfig, Trainer
 from model_helpers import fit
 

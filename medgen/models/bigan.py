@@ -27,50 +27,28 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medgen.models.adversarial import bce_with_logits
 from medgen.models.base import GenerativeModel, StepContext
-from medgen.models.gan import DCGANConfig, DCGANDiscriminator, Generator, bce_with_logits, dcgan_init, sample_from_prior
+from medgen.models.gan import DCGANConfig, DCGANDiscriminator, Generator, dcgan_init, dcgan_options, sample_from_prior
+from medgen.models.options import GANOptions
 
 
 @dataclass
-class BiGANConfig:
-    """Options of :class:`BiGAN` (filled from the YAML ``model:`` section)."""
+class BiGANConfig(GANOptions):
+    """Options of :class:`BiGAN` (filled from the YAML ``model:`` section): :class:`GANOptions` plus these."""
 
-    spatial_dims: int = 2
     image_size: int = 32  # power of two, >= 8
-    in_channels: int = 1
     latent_dim: int = 32
-    ngf: int = 32
-    ndf: int = 32
     z_hidden: int = 256  # width of D's MLP on z and of its joint MLP
     batch_norm: bool = True  # generator and encoder
     d_dropout: float = 0.2  # dropout in D's MLPs (ALI uses dropout in D instead of batch norm)
     leaky_slope: float = 0.2
     lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.image_size < 8 or self.image_size & (self.image_size - 1):
-            raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
+        super().__post_init__()
         if not 0.0 <= self.d_dropout < 1.0:
             raise ValueError(f"d_dropout must be in [0, 1), got {self.d_dropout}")
-        self.betas = tuple(self.betas)  # YAML gives a list
-
-    def dcgan(self, batch_norm: bool | None = None) -> DCGANConfig:
-        """The DCGAN options the shared building blocks read."""
-        return DCGANConfig(
-            spatial_dims=self.spatial_dims,
-            image_size=self.image_size,
-            in_channels=self.in_channels,
-            latent_dim=self.latent_dim,
-            ngf=self.ngf,
-            ndf=self.ndf,
-            batch_norm=self.batch_norm if batch_norm is None else batch_norm,
-            leaky_slope=self.leaky_slope,
-            init_std=self.init_std,
-        )
 
 
 class Encoder(nn.Module):
@@ -96,7 +74,7 @@ class JointDiscriminator(nn.Module):
 
     def __init__(self, cfg: BiGANConfig) -> None:
         super().__init__()
-        trunk = DCGANDiscriminator(cfg.dcgan(batch_norm=False))
+        trunk = DCGANDiscriminator(dcgan_options(cfg, batch_norm=False))
         self.x_net = trunk.body
         act = lambda: nn.LeakyReLU(cfg.leaky_slope)  # noqa: E731
         self.z_net = nn.Sequential(
@@ -122,8 +100,8 @@ class BiGAN(GenerativeModel):
     def __init__(self, config: BiGANConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or self.config_class()
-        self.generator = Generator(cfg.dcgan(), cfg.latent_dim)
-        self.encoder = Encoder(cfg.dcgan(), cfg.latent_dim)
+        self.generator = Generator(dcgan_options(cfg), cfg.latent_dim)
+        self.encoder = Encoder(dcgan_options(cfg), cfg.latent_dim)
         self.discriminator = JointDiscriminator(cfg)
         for net in (self.generator, self.encoder, self.discriminator):
             dcgan_init(net, cfg.init_std)

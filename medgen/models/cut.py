@@ -45,36 +45,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medgen.models.adversarial import gan_optimizers
 from medgen.models.base import StepContext
 from medgen.models.gan import dcgan_init
-from medgen.models.translation_nets import (
-    AdversarialCriterion,
-    PatchDiscriminatorLogits,
-    ResnetGenerator,
-    TranslationModel,
-    check_choice,
-    check_common,
-    check_image,
-    set_requires_grad,
-)
+from medgen.models.options import TranslationOptions, check_choice
+from medgen.models.translation_base import TranslationModel, set_requires_grad
+from medgen.models.translation_generators import ResnetGenerator, check_image
 
 MODES = ("cut", "fastcut")
 
 
 @dataclass
-class CUTConfig:
-    """Options of :class:`CUT` (the YAML ``model:`` section); ``None`` = the mode's default."""
+class CUTConfig(TranslationOptions):
+    """Options of :class:`CUT` (the YAML ``model:`` section): :class:`TranslationOptions` plus
+    these; ``None`` = the mode's default."""
 
-    spatial_dims: int = 2
-    in_channels: int = 1
-    out_channels: int = 1
     mode: str = "cut"  # cut | fastcut
-    ngf: int = 64
     n_blocks: int = 9
-    ndf: int = 64
-    num_layers_d: int = 3
-    norm: str = "instance"  # instance | batch
-    gan_loss: str = "lsgan"  # lsgan | vanilla | hinge
     lambda_gan: float = 1.0
     lambda_nce: float | None = None  # cut: 1, fastcut: 10
     nce_idt: bool | None = None  # identity PatchNCE on the target domain; cut: True, fastcut: False
@@ -85,13 +72,9 @@ class CUTConfig:
     num_patches: int = 256  # per layer and image
     nce_temperature: float = 0.07
     mlp_dim: int = 256
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    lr_decay_start: float = 0.5
-    init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        check_common(self)
+        super().__post_init__()
         check_choice("mode", self.mode, MODES)
         fast = self.mode == "fastcut"
         if self.lambda_nce is None:
@@ -169,16 +152,14 @@ class CUT(TranslationModel):
     config_class = CUTConfig
 
     def __init__(self, config: CUTConfig | None = None) -> None:
-        super().__init__()
-        self.config = cfg = config or self.config_class()
-        d = cfg.spatial_dims
-        self.generator = ResnetGenerator(d, cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.n_blocks, cfg.norm)
+        super().__init__(config)
+        cfg = self.config
+        self.generator = ResnetGenerator(cfg.spatial_dims, cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.n_blocks, cfg.norm)
         self.generator.check_layers(cfg.nce_layers)
         self.heads = PatchSampleHeads({name: self.generator.feature_channels[name] for name in cfg.nce_layers}, cfg.mlp_dim)
-        self.discriminator = PatchDiscriminatorLogits(d, cfg.out_channels, cfg.ndf, cfg.num_layers_d, cfg.norm)
+        self.discriminator = self.patch_discriminator(cfg.out_channels)
         dcgan_init(self.generator, cfg.init_std)
         dcgan_init(self.heads, cfg.init_std)
-        self.criterion = AdversarialCriterion(cfg.gan_loss)
 
     def _translator(self) -> ResnetGenerator:
         return self.generator
@@ -186,10 +167,7 @@ class CUT(TranslationModel):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.config
         g_params = [*self.generator.parameters(), *self.heads.parameters()]
-        return {
-            "g": torch.optim.Adam(g_params, lr=cfg.lr, betas=cfg.betas),
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas),
-        }
+        return gan_optimizers(g_params, self.discriminator.parameters(), lr_g=cfg.lr, lr_d=cfg.lr, betas=cfg.betas)
 
     # -- PatchNCE ----------------------------------------------------------------------------
     def nce_from_features(self, query_feats: Sequence[torch.Tensor], key_feats: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -27,43 +27,26 @@ from typing import Mapping
 import torch
 from torch.nn import functional as F
 
+from medgen.models.adversarial import gan_optimizers
 from medgen.models.base import StepContext
 from medgen.models.gan import dcgan_init
-from medgen.models.translation_nets import (
-    AdversarialCriterion,
-    ImagePool,
-    PatchDiscriminatorLogits,
-    ResnetGenerator,
-    TranslationModel,
-    check_common,
-    check_image,
-    set_requires_grad,
-)
+from medgen.models.image_pool import ImagePool
+from medgen.models.options import TranslationOptions
+from medgen.models.translation_base import TranslationModel, set_requires_grad
+from medgen.models.translation_generators import ResnetGenerator, check_image
 
 
 @dataclass
-class CycleGANConfig:
-    """Options of :class:`CycleGAN` (the YAML ``model:`` section)."""
+class CycleGANConfig(TranslationOptions):
+    """Options of :class:`CycleGAN` (the YAML ``model:`` section): :class:`TranslationOptions` plus these."""
 
-    spatial_dims: int = 2
-    in_channels: int = 1  # domain A (source)
-    out_channels: int = 1  # domain B (target)
-    ngf: int = 64
     n_blocks: int = 9  # 6 for images of 128 px or smaller in the paper
-    ndf: int = 64
-    num_layers_d: int = 3  # PatchGAN depth (3: 70x70 receptive field)
-    norm: str = "instance"  # instance | batch, generators and discriminators
-    gan_loss: str = "lsgan"  # lsgan | vanilla | hinge
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5  # times lambda_cycle; needs in_channels == out_channels when > 0
     pool_size: int = 50  # past fakes per discriminator; 0 disables the pool
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    lr_decay_start: float = 0.5  # fraction of max_steps after which the LR decays linearly to 0
-    init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        check_common(self)
+        super().__post_init__()
         if self.n_blocks < 0 or self.pool_size < 0:
             raise ValueError("n_blocks and pool_size must be >= 0")
         if self.lambda_identity > 0 and self.in_channels != self.out_channels:
@@ -76,17 +59,15 @@ class CycleGAN(TranslationModel):
     config_class = CycleGANConfig
 
     def __init__(self, config: CycleGANConfig | None = None) -> None:
-        super().__init__()
-        self.config = cfg = config or self.config_class()
+        super().__init__(config)
+        cfg = self.config
         d = cfg.spatial_dims
         self.g_ab = ResnetGenerator(d, cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.n_blocks, cfg.norm)
         self.g_ba = ResnetGenerator(d, cfg.out_channels, cfg.in_channels, cfg.ngf, cfg.n_blocks, cfg.norm)
-        self.d_a = PatchDiscriminatorLogits(d, cfg.in_channels, cfg.ndf, cfg.num_layers_d, cfg.norm)
-        self.d_b = PatchDiscriminatorLogits(d, cfg.out_channels, cfg.ndf, cfg.num_layers_d, cfg.norm)
+        self.d_a, self.d_b = self.patch_discriminator(cfg.in_channels), self.patch_discriminator(cfg.out_channels)
         dcgan_init(self.g_ab, cfg.init_std)
         dcgan_init(self.g_ba, cfg.init_std)
         self.pool_a, self.pool_b = ImagePool(cfg.pool_size), ImagePool(cfg.pool_size)
-        self.criterion = AdversarialCriterion(cfg.gan_loss)
 
     def _translator(self) -> ResnetGenerator:
         return self.g_ab
@@ -99,7 +80,7 @@ class CycleGAN(TranslationModel):
         cfg = self.config
         g_params = [*self.g_ab.parameters(), *self.g_ba.parameters()]
         d_params = [*self.d_a.parameters(), *self.d_b.parameters()]
-        return {"g": torch.optim.Adam(g_params, lr=cfg.lr, betas=cfg.betas), "d": torch.optim.Adam(d_params, lr=cfg.lr, betas=cfg.betas)}
+        return gan_optimizers(g_params, d_params, lr_g=cfg.lr, lr_d=cfg.lr, betas=cfg.betas)
 
     def _generate(self, a: torch.Tensor, b: torch.Tensor, identity: bool) -> dict[str, torch.Tensor]:
         """Fakes, reconstructions and (optionally) identity mappings. With identity on, each

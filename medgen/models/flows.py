@@ -21,15 +21,9 @@ from __future__ import annotations
 import math
 
 import torch
+from monai.networks.layers.factories import Conv
 from torch import nn
 from torch.nn import functional as F
-
-
-def conv_nd(spatial_dims: int) -> type[nn.Module]:
-    """``nn.Conv2d`` or ``nn.Conv3d``."""
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
 
 
 def n_positions(x: torch.Tensor) -> int:
@@ -137,7 +131,7 @@ class CouplingNet(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int, spatial_dims: int) -> None:
-        conv = conv_nd(spatial_dims)
+        conv = Conv[Conv.CONV, spatial_dims]
         last = conv(hidden_channels, out_channels, 3, padding=1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -256,7 +250,7 @@ class SplitPrior(nn.Module):
         super().__init__()
         self.n_keep = num_channels // 2
         n_out = num_channels - self.n_keep
-        self.prior = conv_nd(spatial_dims)(self.n_keep, 2 * n_out, 3, padding=1)
+        self.prior = Conv[Conv.CONV, spatial_dims](self.n_keep, 2 * n_out, 3, padding=1)
         nn.init.zeros_(self.prior.weight)
         nn.init.zeros_(self.prior.bias)
 

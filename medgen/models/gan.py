@@ -8,18 +8,17 @@ Discriminator (``discriminator: dcgan``): strided conv k4 s2 blocks (no pooling)
 flattened to features ``φ(x)`` and one linear logit. ``discriminator: patch`` uses MONAI's
 ``PatchDiscriminator`` (one logit per patch).
 
-Losses, each a config option (Goodfellow et al. 2014; Mao et al. 2017; Lim & Ye 2017):
+Losses (:mod:`medgen.models.adversarial`, one vocabulary for every GAN in medgen):
 
-* ``adversarial_loss: bce`` (default). D minimises ``-log σ(D(x)) - log(1 - σ(D(G(z))))``, with
-  one-sided label smoothing (Salimans et al. 2016) replacing the real target 1 by
-  ``1 - label_smoothing``. G minimises either ``log(1 - σ(D(G(z))))`` (``g_loss: minimax``, the
-  original game) or ``-log σ(D(G(z)))`` (``g_loss: non_saturating``, default): at
-  ``σ(D) ≈ 0`` (fakes confidently rejected) the minimax gradient w.r.t. the logit is ``-σ(D)``
-  ≈ 0 while the non-saturating one is ``-(1 - σ(D))`` ≈ -1. Written with ``softplus`` on the
-  logits rather than MONAI's sigmoid + ``BCELoss``, which clamps at saturation, cannot express
-  the minimax form, and is refused by CUDA autocast.
-* ``adversarial_loss: least_squares | hinge``: MONAI's ``PatchAdversarialLoss`` (least squares
-  without its leaky-ReLU output activation; hinge as MONAI defines it, on ``tanh`` of the logit).
+* ``adversarial_loss: bce`` (default, alias ``vanilla``). D minimises ``-log σ(D(x)) -
+  log(1 - σ(D(G(z))))``, with one-sided label smoothing (Salimans et al. 2016) replacing the
+  real target 1 by ``1 - label_smoothing``. G minimises either ``log(1 - σ(D(G(z))))``
+  (``g_loss: minimax``, the original game) or ``-log σ(D(G(z)))`` (``g_loss: non_saturating``,
+  default): at ``σ(D) ≈ 0`` (fakes confidently rejected) the minimax gradient w.r.t. the logit
+  is ``-σ(D)`` ≈ 0 while the non-saturating one is ``-(1 - σ(D))`` ≈ -1.
+* ``adversarial_loss: least_squares`` (alias ``lsgan``; Mao et al. 2017) on the raw logits.
+* ``adversarial_loss: hinge`` (Lim & Ye 2017) on the raw logits: D ``relu(1 - D(x)) +
+  relu(1 + D(G(z)))``, G ``-D(G(z))`` (not MONAI's hinge, which acts on ``tanh`` of the logits).
 
 All loss terms are computed in float32 outside the autocast region. Adam (lr 2e-4, betas
 (0.5, 0.999)) and N(0, 0.02) weight init as in DCGAN.
@@ -28,21 +27,21 @@ All loss terms are computed in float32 outside the autocast region. Adam (lr 2e-
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
 
 import torch
-from monai.losses import PatchAdversarialLoss
-from monai.networks.nets import PatchDiscriminator
+from monai.networks.layers.factories import Conv, Norm
+from monai.networks.utils import eval_mode
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from medgen.models.adversarial import G_FORMS, AdversarialLoss, adversarial_loss_kind, gan_optimizers
 from medgen.models.base import GenerativeModel, StepContext
+from medgen.models.discriminators import PatchDiscriminatorLogits
+from medgen.models.options import GANOptions, check_choice
 
-G_LOSSES = ("non_saturating", "minimax")
-ADVERSARIAL_LOSSES = ("bce", "least_squares", "hinge")
 DISCRIMINATORS = ("dcgan", "patch")
 UPSAMPLING = ("transpose", "nearest")
 
@@ -57,26 +56,14 @@ def sample_from_prior(
         raise ValueError(f"{name} is unconditional; labels must be None")
     device = next(network.parameters()).device
     z = temperature * torch.randn(n, latent_dim, device=device)
-    was_training = network.training
-    network.eval()
-    try:
+    with eval_mode(network):
         return decode(z)
-    finally:
-        network.train(was_training)
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 @dataclass
-class DCGANConfig:
-    """Options of :class:`DCGAN` (filled from the YAML ``model:`` section)."""
+class DCGANConfig(GANOptions):
+    """Options of :class:`DCGAN` (filled from the YAML ``model:`` section): :class:`GANOptions` plus these."""
 
-    spatial_dims: int = 2
-    image_size: int = 64  # power of two, >= 8
-    in_channels: int = 1
     latent_dim: int = 100
     ngf: int = 64
     ndf: int = 64
@@ -87,49 +74,41 @@ class DCGANConfig:
     leaky_slope: float = 0.2
     discriminator: str = "dcgan"  # dcgan | patch
     patch_layers: int = 3  # layers of the MONAI PatchDiscriminator
-    adversarial_loss: str = "bce"  # bce | least_squares | hinge
+    adversarial_loss: str = "bce"  # bce | least_squares | hinge (aliases: vanilla, lsgan)
     g_loss: str = "non_saturating"  # non_saturating | minimax (bce only)
     label_smoothing: float = 0.0  # one-sided: real target = 1 - label_smoothing
     lr_g: float = 2e-4
     lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.image_size < 8 or self.image_size & (self.image_size - 1):
-            raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
-        _choice("g_loss", self.g_loss, G_LOSSES)
-        _choice("adversarial_loss", self.adversarial_loss, ADVERSARIAL_LOSSES)
-        _choice("discriminator", self.discriminator, DISCRIMINATORS)
-        _choice("upsample", self.upsample, UPSAMPLING)
-        if self.g_loss == "minimax" and self.adversarial_loss != "bce":
+        super().__post_init__()
+        check_choice("g_loss", self.g_loss, G_FORMS)
+        kind = adversarial_loss_kind("adversarial_loss", self.adversarial_loss)
+        check_choice("discriminator", self.discriminator, DISCRIMINATORS)
+        check_choice("upsample", self.upsample, UPSAMPLING)
+        if self.g_loss == "minimax" and kind != "bce":
             raise ValueError("g_loss 'minimax' is defined for adversarial_loss 'bce' only")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.label_smoothing and self.adversarial_loss == "hinge":
+        if self.label_smoothing and kind == "hinge":
             raise ValueError("label_smoothing does not apply to adversarial_loss 'hinge'")
         if self.discriminator == "patch" and self.image_size < 4 * 2**self.patch_layers:
             raise ValueError(f"image_size {self.image_size} is too small for patch_layers {self.patch_layers}: needs >= 4·2**patch_layers")
         if self.residual_blocks < 0:
             raise ValueError("residual_blocks must be >= 0")
-        self.betas = tuple(self.betas)  # YAML gives a list
+
+
+def dcgan_options(options: Any, **overrides: Any) -> DCGANConfig:
+    """The :class:`DCGANConfig` that the shared building blocks (:class:`Generator`,
+    :class:`DCGANDiscriminator`) read for another model's ``options``: every field the two
+    option classes share by name, then ``overrides``; the other DCGAN fields keep their defaults."""
+    shared = {f.name: getattr(options, f.name) for f in fields(DCGANConfig) if hasattr(options, f.name)}
+    return DCGANConfig(**{**shared, **overrides})
 
 
 # -- building blocks ---------------------------------------------------------------------------
-def _conv(d: int) -> type[nn.Module]:
-    return nn.Conv2d if d == 2 else nn.Conv3d
-
-
-def _conv_transpose(d: int) -> type[nn.Module]:
-    return nn.ConvTranspose2d if d == 2 else nn.ConvTranspose3d
-
-
-def _norm(d: int, channels: int, enabled: bool) -> nn.Module:
-    if not enabled:
-        return nn.Identity()
-    return nn.BatchNorm2d(channels) if d == 2 else nn.BatchNorm3d(channels)
+def _batch_norm(d: int, channels: int, enabled: bool) -> nn.Module:
+    return Norm[Norm.BATCH, d](channels) if enabled else nn.Identity()
 
 
 class ResidualBlock(nn.Module):
@@ -137,12 +116,12 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int, spatial_dims: int, batch_norm: bool) -> None:
         super().__init__()
-        conv = _conv(spatial_dims)
+        conv = Conv[Conv.CONV, spatial_dims]
         self.body = nn.Sequential(
-            _norm(spatial_dims, channels, batch_norm),
+            _batch_norm(spatial_dims, channels, batch_norm),
             nn.ReLU(),
             conv(channels, channels, 3, padding=1, bias=not batch_norm),
-            _norm(spatial_dims, channels, batch_norm),
+            _batch_norm(spatial_dims, channels, batch_norm),
             nn.ReLU(),
             conv(channels, channels, 3, padding=1),
         )
@@ -154,10 +133,10 @@ class ResidualBlock(nn.Module):
 def _upsample_block(c_in: int, c_out: int, cfg: DCGANConfig) -> nn.Sequential:
     d = cfg.spatial_dims
     if cfg.upsample == "transpose":
-        up = [_conv_transpose(d)(c_in, c_out, 4, stride=2, padding=1, bias=not cfg.batch_norm)]
+        up = [Conv[Conv.CONVTRANS, d](c_in, c_out, 4, stride=2, padding=1, bias=not cfg.batch_norm)]
     else:
-        up = [nn.Upsample(scale_factor=2, mode="nearest"), _conv(d)(c_in, c_out, 3, padding=1, bias=not cfg.batch_norm)]
-    return nn.Sequential(*up, _norm(d, c_out, cfg.batch_norm), nn.ReLU())
+        up = [nn.Upsample(scale_factor=2, mode="nearest"), Conv[Conv.CONV, d](c_in, c_out, 3, padding=1, bias=not cfg.batch_norm)]
+    return nn.Sequential(*up, _batch_norm(d, c_out, cfg.batch_norm), nn.ReLU())
 
 
 class Generator(nn.Module):
@@ -170,13 +149,13 @@ class Generator(nn.Module):
         channels = [cfg.ngf * 2 ** max(3 - i, 0) for i in range(n_up + 1)]
         self.base_shape = (channels[0], *([4] * d))
         self.project = nn.Linear(in_features, math.prod(self.base_shape), bias=not cfg.batch_norm)
-        self.project_act = nn.Sequential(_norm(d, channels[0], cfg.batch_norm), nn.ReLU())
+        self.project_act = nn.Sequential(_batch_norm(d, channels[0], cfg.batch_norm), nn.ReLU())
         blocks: list[nn.Module] = []
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             blocks.append(_upsample_block(c_in, c_out, cfg))
             blocks.extend(ResidualBlock(c_out, d, cfg.batch_norm) for _ in range(cfg.residual_blocks))
         self.blocks = nn.Sequential(*blocks)
-        self.out = nn.Sequential(_conv(d)(channels[-1], cfg.in_channels, 3, padding=1), nn.Tanh())
+        self.out = nn.Sequential(Conv[Conv.CONV, d](channels[-1], cfg.in_channels, 3, padding=1), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.project(z).view(z.shape[0], *self.base_shape)
@@ -197,8 +176,8 @@ class DCGANDiscriminator(nn.Module):
         for i in range(n_down):
             norm = use_bn and i > 0  # DCGAN: no batch norm on the first layer
             layers += [
-                sn(_conv(d)(c_in, c_out, 4, stride=2, padding=1, bias=not norm)),
-                _norm(d, c_out, norm),
+                sn(Conv[Conv.CONV, d](c_in, c_out, 4, stride=2, padding=1, bias=not norm)),
+                _batch_norm(d, c_out, norm),
                 nn.LeakyReLU(cfg.leaky_slope),
             ]
             c_in, c_out = c_out, min(2 * c_out, 8 * cfg.ndf)
@@ -213,24 +192,6 @@ class DCGANDiscriminator(nn.Module):
         return self.head(self.features(x))
 
 
-class PatchLogits(nn.Module):
-    """MONAI ``PatchDiscriminator`` returning only its last output, logits (N, 1, *patches)."""
-
-    def __init__(self, cfg: DCGANConfig) -> None:
-        super().__init__()
-        self.net = PatchDiscriminator(
-            spatial_dims=cfg.spatial_dims,
-            channels=cfg.ndf,
-            in_channels=cfg.in_channels,
-            num_layers_d=cfg.patch_layers,
-            activation=("LEAKYRELU", {"negative_slope": cfg.leaky_slope}),
-            norm="BATCH" if cfg.batch_norm else "INSTANCE",
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[-1]
-
-
 def dcgan_init(module: nn.Module, std: float = 0.02) -> None:
     """Conv/linear weights ~ N(0, std), batch-norm scales ~ N(1, std), biases 0 (DCGAN §4)."""
     for m in module.modules():
@@ -242,19 +203,6 @@ def dcgan_init(module: nn.Module, std: float = 0.02) -> None:
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and m.affine:
             nn.init.normal_(m.weight, 1.0, std)
             nn.init.zeros_(m.bias)
-
-
-# -- losses ------------------------------------------------------------------------------------
-def bce_with_logits(logits: torch.Tensor, target: float) -> torch.Tensor:
-    """mean[-t log σ(l) - (1 - t) log(1 - σ(l))] = mean[softplus(l) - t·l]."""
-    return (F.softplus(logits) - target * logits).mean()
-
-
-def generator_bce_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """Minimax: minimise mean log(1 - σ(l)) = -softplus(l); non-saturating: -log σ(l) = softplus(-l)."""
-    if kind == "minimax":
-        return -F.softplus(fake_logits).mean()
-    return F.softplus(-fake_logits).mean()
 
 
 class DCGAN(GenerativeModel):
@@ -271,18 +219,17 @@ class DCGAN(GenerativeModel):
         self.discriminator = self._build_discriminator(cfg)
         dcgan_init(self.generator, cfg.init_std)
         dcgan_init(self.discriminator, cfg.init_std)
-        if cfg.adversarial_loss != "bce":
-            ls = cfg.adversarial_loss == "least_squares"
-            self.adv_loss_g = PatchAdversarialLoss(criterion=cfg.adversarial_loss, no_activation_leastsq=ls)
-            self.adv_loss_d = PatchAdversarialLoss(criterion=cfg.adversarial_loss, no_activation_leastsq=ls)
-            self.adv_loss_d.real_label = 1.0 - cfg.label_smoothing  # one-sided, D only
+        self.adversarial = AdversarialLoss(cfg.adversarial_loss, real_label=1.0 - cfg.label_smoothing, g_form=cfg.g_loss)
 
     # -- overridden by the conditional GAN -------------------------------------------------
     def _build_generator(self, cfg: DCGANConfig) -> nn.Module:
         return Generator(cfg, cfg.latent_dim)
 
     def _build_discriminator(self, cfg: DCGANConfig) -> nn.Module:
-        return PatchLogits(cfg) if cfg.discriminator == "patch" else DCGANDiscriminator(cfg)
+        if cfg.discriminator == "patch":
+            norm = "batch" if cfg.batch_norm else "instance"
+            return PatchDiscriminatorLogits(cfg.spatial_dims, cfg.in_channels, cfg.ndf, cfg.patch_layers, norm, cfg.leaky_slope)
+        return DCGANDiscriminator(cfg)
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z (N, latent_dim) -> images (N, C, *spatial)."""
@@ -297,31 +244,15 @@ class DCGAN(GenerativeModel):
 
     # -- losses ----------------------------------------------------------------------------
     def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        real_logits, fake_logits = real_logits.float(), fake_logits.float()
-        if self.config.adversarial_loss == "bce":
-            return bce_with_logits(real_logits, 1.0 - self.config.label_smoothing) + bce_with_logits(fake_logits, 0.0)
-        return self.adv_loss_d(real_logits, target_is_real=True, for_discriminator=True) + self.adv_loss_d(
-            fake_logits, target_is_real=False, for_discriminator=True
-        )
+        return self.adversarial.d_loss(real_logits, fake_logits)
 
     def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        fake_logits = fake_logits.float()
-        if self.config.adversarial_loss == "bce":
-            return generator_bce_loss(fake_logits, self.config.g_loss)
-        return self.adv_loss_g(fake_logits, target_is_real=True, for_discriminator=False)
-
-    def _score(self, logits: torch.Tensor) -> float:
-        """Logged D output: mean probability for bce, mean raw score otherwise."""
-        logits = logits.detach().float()
-        return float(torch.sigmoid(logits).mean() if self.config.adversarial_loss == "bce" else logits.mean())
+        return self.adversarial.g_loss(fake_logits)
 
     # -- engine interface ------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.config
-        return {
-            "g": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=cfg.betas),
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas),
-        }
+        return gan_optimizers(self.generator.parameters(), self.discriminator.parameters(), lr_g=cfg.lr_g, lr_d=cfg.lr_d, betas=cfg.betas)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         """One D update on (real, G(z).detach()), then one G update through the updated D."""
@@ -336,7 +267,7 @@ class DCGAN(GenerativeModel):
         with ctx.autocast():
             g_logits = self.discriminate(fake, labels)
         g_loss = ctx.backward_and_step("g_loss", self.generator_loss(g_logits), "g")
-        return {"d_loss": d_loss, "g_loss": g_loss, "d_real": self._score(real_logits), "d_fake": self._score(fake_logits)}
+        return {"d_loss": d_loss, "g_loss": g_loss, "d_real": self.adversarial.score(real_logits), "d_fake": self.adversarial.score(fake_logits)}
 
     def _latents(self, n: int, temperature: float) -> torch.Tensor:
         device = next(self.generator.parameters()).device
@@ -351,9 +282,5 @@ class DCGAN(GenerativeModel):
         return self._sample(self._latents(n, temperature), None)
 
     def _sample(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
+        with eval_mode(self.generator):
             return self.generate(z, labels)
-        finally:
-            self.generator.train(was_training)

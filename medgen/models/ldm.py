@@ -27,6 +27,7 @@ from typing import Mapping
 import torch
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.networks.utils import eval_mode
 from torch.nn import functional as F
 
 from medgen.models.base import GenerativeModel, StepContext
@@ -223,9 +224,7 @@ class LatentDiffusion(GenerativeModel):
             y = torch.randint(0, cfg.n_classes, (n,), device=device)
         else:
             y = as_labels(labels, n, cfg.n_classes, device)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             # Equivalent of LatentDiffusionInferer.sample with class labels (see _diffusion_step).
             z = temperature * torch.randn(self.latent_shape(n), device=device)
             scheduler = self.sample_scheduler
@@ -235,5 +234,3 @@ class LatentDiffusion(GenerativeModel):
                 eps = self.unet(z, timesteps=timesteps, class_labels=y).float()
                 z, _ = scheduler.step(eps, int(t), z)
             return self.decode(z).clamp(-1.0, 1.0)
-        finally:
-            self.train(was_training)

@@ -24,41 +24,26 @@ from typing import Mapping
 import torch
 from torch.nn import functional as F
 
+from medgen.models.adversarial import gan_optimizers
 from medgen.models.base import StepContext
 from medgen.models.gan import dcgan_init
-from medgen.models.translation_nets import (
-    AdversarialCriterion,
-    PatchDiscriminatorLogits,
-    TranslationModel,
-    UNetGenerator,
-    check_common,
-    check_image,
-    set_requires_grad,
-)
+from medgen.models.options import TranslationOptions
+from medgen.models.translation_base import TranslationModel, set_requires_grad
+from medgen.models.translation_generators import UNetGenerator, check_image
 
 
 @dataclass
-class Pix2PixConfig:
-    """Options of :class:`Pix2Pix` (the YAML ``model:`` section)."""
+class Pix2PixConfig(TranslationOptions):
+    """Options of :class:`Pix2Pix` (the YAML ``model:`` section): :class:`TranslationOptions` plus the U-Net's."""
 
-    spatial_dims: int = 2
-    in_channels: int = 1
-    out_channels: int = 1
-    ngf: int = 64
-    num_downs: int = 7  # U-Net depth; inputs must be divisible by 2**num_downs (8 for 256 px in the paper)
-    dropout: float = 0.5  # decoder layers next to the bottleneck
-    ndf: int = 64
-    num_layers_d: int = 3
     norm: str = "batch"  # batch | instance (generator and discriminator)
     gan_loss: str = "vanilla"  # vanilla | lsgan | hinge
+    num_downs: int = 7  # U-Net depth; inputs must be divisible by 2**num_downs (8 for 256 px in the paper)
+    dropout: float = 0.5  # decoder layers next to the bottleneck
     lambda_l1: float = 100.0
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    lr_decay_start: float = 0.5
-    init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        check_common(self)
+        super().__post_init__()
         if self.num_downs < 2:
             raise ValueError(f"num_downs must be >= 2, got {self.num_downs}")
         if not 0.0 <= self.dropout < 1.0:
@@ -71,23 +56,18 @@ class Pix2Pix(TranslationModel):
     config_class = Pix2PixConfig
 
     def __init__(self, config: Pix2PixConfig | None = None) -> None:
-        super().__init__()
-        self.config = cfg = config or self.config_class()
-        d = cfg.spatial_dims
-        self.generator = UNetGenerator(d, cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.num_downs, cfg.norm, cfg.dropout)
-        self.discriminator = PatchDiscriminatorLogits(d, cfg.in_channels + cfg.out_channels, cfg.ndf, cfg.num_layers_d, cfg.norm)
+        super().__init__(config)
+        cfg = self.config
+        self.generator = UNetGenerator(cfg.spatial_dims, cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.num_downs, cfg.norm, cfg.dropout)
+        self.discriminator = self.patch_discriminator(cfg.in_channels + cfg.out_channels)
         dcgan_init(self.generator, cfg.init_std)
-        self.criterion = AdversarialCriterion(cfg.gan_loss)
 
     def _translator(self) -> UNetGenerator:
         return self.generator
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.config
-        return {
-            "g": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=cfg.betas),
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas),
-        }
+        return gan_optimizers(self.generator.parameters(), self.discriminator.parameters(), lr_g=cfg.lr, lr_d=cfg.lr, betas=cfg.betas)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         """D update on (x, y) vs (x, G(x)), then G update (adversarial + λ·L1)."""

@@ -20,10 +20,11 @@ Shapes (``S = image_size``, ``K = n_labels``, ``d = spatial_dims``):
   ``1, 1/2, ...`` (average pooling, as in pix2pixHD / SPADE). Each returns its intermediate
   features and patch logits.
 
-Losses: ``adversarial_loss: hinge`` (default, as in the paper; D: ``relu(1 - D(real)) +
-relu(1 + D(fake))``, G: ``-D(fake)``) or ``least_squares`` (Mao et al. 2017), averaged over the
-scales; plus the pix2pixHD feature-matching loss: L1 between D's intermediate features on
-``[G(z, m), m]`` and on ``[x, m]``, averaged over layers and scales, weighted by ``lambda_fm``.
+Losses (:mod:`medgen.models.adversarial`): ``adversarial_loss: hinge`` (default, as in the paper,
+on the raw logits; D: ``relu(1 - D(real)) + relu(1 + D(fake))``, G: ``-D(fake)``) or
+``least_squares`` (alias ``lsgan``; Mao et al. 2017), averaged over the scales; plus the
+pix2pixHD feature-matching loss: L1 between D's intermediate features on ``[G(z, m), m]`` and on
+``[x, m]``, averaged over layers and scales, weighted by ``lambda_fm``.
 Adam with TTUR (lr_g 1e-4, lr_d 4e-4, betas (0, 0.999)) as in the paper. The paper's optional
 image encoder (VAE style transfer) and perceptual VGG loss are not included.
 """
@@ -36,45 +37,40 @@ from typing import Mapping
 
 import torch
 from monai.networks.blocks.spade_norm import SPADE
+from monai.networks.layers.factories import Conv, Pool
 from monai.networks.nets import PatchDiscriminator
+from monai.networks.utils import eval_mode
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from medgen.models.adversarial import AdversarialLoss, adversarial_loss_kind, gan_optimizers
 from medgen.models.base import GenerativeModel, StepContext
-from medgen.models.gan import _choice, _conv, dcgan_init
+from medgen.models.gan import dcgan_init
+from medgen.models.options import GANOptions
 
 SPADE_ADVERSARIAL_LOSSES = ("hinge", "least_squares")
 
 
 @dataclass
-class SPADEConfig:
-    """Options of :class:`SPADEGAN` (filled from the YAML ``model:`` section)."""
+class SPADEConfig(GANOptions):
+    """Options of :class:`SPADEGAN` (filled from the YAML ``model:`` section): :class:`GANOptions` plus these."""
 
-    spatial_dims: int = 2
-    image_size: int = 64  # power of two, >= 8
-    in_channels: int = 1
-    n_labels: int = 10  # label values 0 .. n_labels - 1
     latent_dim: int = 64  # 0: start from the downsampled label map instead of z
-    ngf: int = 32
-    ndf: int = 32
+    n_labels: int = 10  # label values 0 .. n_labels - 1
     spade_hidden: int = 64  # channels of the conv net predicting γ and β in each SPADE layer
     num_d: int = 2  # discriminator scales
     patch_layers: int = 3  # layers of each MONAI PatchDiscriminator
     spectral_norm: bool = True  # on the discriminator convolutions
-    adversarial_loss: str = "hinge"  # hinge | least_squares
+    adversarial_loss: str = "hinge"  # hinge | least_squares (alias: lsgan)
     lambda_fm: float = 10.0
     leaky_slope: float = 0.2
     lr_g: float = 1e-4
     lr_d: float = 4e-4
     betas: tuple[float, float] = (0.0, 0.999)
-    init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.image_size < 8 or self.image_size & (self.image_size - 1):
-            raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
+        super().__post_init__()
         if self.n_labels < 2:
             raise ValueError(f"n_labels must be >= 2, got {self.n_labels}")
         if self.latent_dim < 0:
@@ -89,10 +85,9 @@ class SPADEConfig:
                 f"image_size {self.image_size} is too small for num_d {self.num_d} and patch_layers "
                 f"{self.patch_layers}: needs >= 4·2**(num_d - 1 + patch_layers)"
             )
-        _choice("adversarial_loss", self.adversarial_loss, SPADE_ADVERSARIAL_LOSSES)
+        adversarial_loss_kind("adversarial_loss", self.adversarial_loss, SPADE_ADVERSARIAL_LOSSES)
         if self.lambda_fm < 0:
             raise ValueError(f"lambda_fm must be >= 0, got {self.lambda_fm}")
-        self.betas = tuple(self.betas)  # YAML gives a list
 
 
 # -- generator ---------------------------------------------------------------------------------
@@ -104,13 +99,13 @@ class SPADEResBlock(nn.Module):
         d, k, hidden = cfg.spatial_dims, cfg.n_labels, cfg.spade_hidden
         c_mid = min(c_in, c_out)
         self.norm_0 = SPADE(k, c_in, spatial_dims=d, hidden_channels=hidden)
-        self.conv_0 = _conv(d)(c_in, c_mid, 3, padding=1)
+        self.conv_0 = Conv[Conv.CONV, d](c_in, c_mid, 3, padding=1)
         self.norm_1 = SPADE(k, c_mid, spatial_dims=d, hidden_channels=hidden)
-        self.conv_1 = _conv(d)(c_mid, c_out, 3, padding=1)
+        self.conv_1 = Conv[Conv.CONV, d](c_mid, c_out, 3, padding=1)
         self.learned_shortcut = c_in != c_out
         if self.learned_shortcut:
             self.norm_s = SPADE(k, c_in, spatial_dims=d, hidden_channels=hidden)
-            self.conv_s = _conv(d)(c_in, c_out, 1, bias=False)
+            self.conv_s = Conv[Conv.CONV, d](c_in, c_out, 1, bias=False)
         self.slope = cfg.leaky_slope
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
@@ -135,9 +130,9 @@ class SPADEGeneratorNet(nn.Module):
         if cfg.latent_dim > 0:
             self.head = nn.Linear(cfg.latent_dim, math.prod(self.base_shape))
         else:
-            self.head = _conv(d)(cfg.n_labels, channels[0], 3, padding=1)
+            self.head = Conv[Conv.CONV, d](cfg.n_labels, channels[0], 3, padding=1)
         self.blocks = nn.ModuleList(SPADEResBlock(c_in, c_out, cfg) for c_in, c_out in zip(channels[:-1], channels[1:]))
-        self.out = nn.Sequential(nn.LeakyReLU(cfg.leaky_slope), _conv(d)(channels[-1], cfg.in_channels, 3, padding=1), nn.Tanh())
+        self.out = nn.Sequential(nn.LeakyReLU(cfg.leaky_slope), Conv[Conv.CONV, d](channels[-1], cfg.in_channels, 3, padding=1), nn.Tanh())
 
     def forward(self, z: torch.Tensor | None, seg: torch.Tensor) -> torch.Tensor:
         if isinstance(self.head, nn.Linear):
@@ -161,7 +156,7 @@ class MultiScaleDiscriminator(nn.Module):
 
     def __init__(self, cfg: SPADEConfig) -> None:
         super().__init__()
-        self.spatial_dims = cfg.spatial_dims
+        self.pool = Pool[Pool.AVG, cfg.spatial_dims](kernel_size=3, stride=2, padding=1, count_include_pad=False)
         self.nets = nn.ModuleList(
             PatchDiscriminator(
                 spatial_dims=cfg.spatial_dims,
@@ -179,11 +174,10 @@ class MultiScaleDiscriminator(nn.Module):
                     _spectral_norm(m)
 
     def forward(self, x: torch.Tensor) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
-        pool = F.avg_pool2d if self.spatial_dims == 2 else F.avg_pool3d
         features, logits = [], []
         for i, net in enumerate(self.nets):
             if i > 0:
-                x = pool(x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
+                x = self.pool(x)
             out = net(x)
             features.append(out[:-1])
             logits.append(out[-1])
@@ -205,6 +199,7 @@ class SPADEGAN(GenerativeModel):
         self.generator = SPADEGeneratorNet(cfg)
         self.discriminator = MultiScaleDiscriminator(cfg)
         dcgan_init(self.generator, cfg.init_std)
+        self.adversarial = AdversarialLoss(cfg.adversarial_loss)
         # the discriminator keeps MONAI's PatchDiscriminator init (N(0, 0.02) convs)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -239,21 +234,12 @@ class SPADEGAN(GenerativeModel):
 
     # -- losses (float32) ------------------------------------------------------------------
     def discriminator_loss(self, real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
-        terms = []
-        for r, f in zip(real_logits, fake_logits):
-            r, f = r.float(), f.float()
-            if self.config.adversarial_loss == "hinge":
-                terms.append(F.relu(1.0 - r).mean() + F.relu(1.0 + f).mean())
-            else:
-                terms.append(((r - 1.0) ** 2).mean() + (f**2).mean())
-        return torch.stack(terms).mean()
+        """Mean over the scales of D's adversarial loss (float32)."""
+        return self.adversarial.d_loss(real_logits, fake_logits)
 
     def generator_adv_loss(self, fake_logits: list[torch.Tensor]) -> torch.Tensor:
-        terms = []
-        for f in fake_logits:
-            f = f.float()
-            terms.append(-f.mean() if self.config.adversarial_loss == "hinge" else ((f - 1.0) ** 2).mean())
-        return torch.stack(terms).mean()
+        """Mean over the scales of G's adversarial loss (float32)."""
+        return self.adversarial.g_loss(fake_logits)
 
     @staticmethod
     def feature_matching_loss(fake_features: list[list[torch.Tensor]], real_features: list[list[torch.Tensor]]) -> torch.Tensor:
@@ -268,10 +254,7 @@ class SPADEGAN(GenerativeModel):
     # -- engine interface ------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.config
-        return {
-            "g": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=cfg.betas),
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas),
-        }
+        return gan_optimizers(self.generator.parameters(), self.discriminator.parameters(), lr_g=cfg.lr_g, lr_d=cfg.lr_d, betas=cfg.betas)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         """One D update on (real, G(z, m).detach()), then one G update (adversarial + feature
@@ -309,9 +292,5 @@ class SPADEGAN(GenerativeModel):
             raise ValueError(f"label maps must be {s} per side (image_size), got spatial shape {spatial}")
         device = next(self.generator.parameters()).device
         seg = self.one_hot(labels.to(device))
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
+        with eval_mode(self.generator):
             return self.generate(self._latents(n, temperature, device), seg)
-        finally:
-            self.generator.train(was_training)

@@ -46,17 +46,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medgen.models.adversarial import bce_with_logits, generator_bce_loss
 from medgen.models.base import GenerativeModel, StepContext
-from medgen.models.gan import DCGANConfig, DCGANDiscriminator, bce_with_logits, dcgan_init, generator_bce_loss
+from medgen.models.gan import DCGANConfig, DCGANDiscriminator, dcgan_init
+from medgen.models.options import ImageOptions
 
 
 @dataclass
-class StyleGANConfig:
-    """Options of :class:`StyleGAN` (filled from the YAML ``model:`` section)."""
+class StyleGANConfig(ImageOptions):
+    """Options of :class:`StyleGAN` (filled from the YAML ``model:`` section): :class:`ImageOptions`
+    (``spatial_dims`` 2 only) plus these."""
 
-    spatial_dims: int = 2  # only 2 is supported
-    image_size: int = 64  # power of two, >= 8
-    in_channels: int = 1
     latent_dim: int = 128  # z
     w_dim: int = 128  # w
     mapping_layers: int = 4
@@ -72,8 +72,7 @@ class StyleGANConfig:
     def __post_init__(self) -> None:
         if self.spatial_dims != 2:
             raise ValueError(f"stylegan supports spatial_dims=2 only, got {self.spatial_dims}")
-        if self.image_size < 8 or self.image_size & (self.image_size - 1):
-            raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
+        super().__post_init__()
         if self.mapping_layers < 1:
             raise ValueError("mapping_layers must be >= 1")
         if not 0.0 <= self.mixing_prob <= 1.0:

@@ -41,24 +41,21 @@ from typing import Mapping
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from monai.networks.utils import eval_mode
+
+from medgen.models.adversarial import bce_with_logits, generator_bce_loss
 from medgen.models.base import GenerativeModel, StepContext
-from medgen.models.gan import DCGANConfig, DCGANDiscriminator, Generator, _choice, bce_with_logits, dcgan_init, generator_bce_loss, sample_from_prior
+from medgen.models.gan import DCGANConfig, DCGANDiscriminator, Generator, dcgan_init, dcgan_options, sample_from_prior
+from medgen.models.options import GANOptions, check_choice
 
 PIXEL_LOSSES = ("l1", "mse")
 
 
 @dataclass
-class VAEGANConfig:
-    """Options of :class:`VAEGAN` (filled from the YAML ``model:`` section)."""
+class VAEGANConfig(GANOptions):
+    """Options of :class:`VAEGAN` (filled from the YAML ``model:`` section): :class:`GANOptions` plus these."""
 
-    spatial_dims: int = 2
-    image_size: int = 64  # power of two, >= 8
-    in_channels: int = 1
-    latent_dim: int = 64
-    ngf: int = 32
-    ndf: int = 32
     batch_norm: bool = True
     feature_block: int = 0  # conv block of D whose output is D_l (1-based); 0 = the one before the last
     beta_kl: float = 1.0  # weight of L_prior in the encoder loss
@@ -66,34 +63,15 @@ class VAEGANConfig:
     pixel_weight: float = 0.0  # weight of the pixel reconstruction term (encoder and decoder)
     pixel_loss: str = "l1"  # l1 | mse
     lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.image_size < 8 or self.image_size & (self.image_size - 1):
-            raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
-        _choice("pixel_loss", self.pixel_loss, PIXEL_LOSSES)
+        super().__post_init__()
+        check_choice("pixel_loss", self.pixel_loss, PIXEL_LOSSES)
         n_blocks = int(math.log2(self.image_size)) - 2
         if not 0 <= self.feature_block <= n_blocks:
             raise ValueError(f"feature_block must be in [0, {n_blocks}] for image_size {self.image_size}, got {self.feature_block}")
         if self.beta_kl < 0 or self.gamma < 0 or self.pixel_weight < 0:
             raise ValueError("beta_kl, gamma and pixel_weight must be >= 0")
-        self.betas = tuple(self.betas)  # YAML gives a list
-
-    def dcgan(self) -> DCGANConfig:
-        """The DCGAN options the shared building blocks read."""
-        return DCGANConfig(
-            spatial_dims=self.spatial_dims,
-            image_size=self.image_size,
-            in_channels=self.in_channels,
-            latent_dim=self.latent_dim,
-            ngf=self.ngf,
-            ndf=self.ndf,
-            batch_norm=self.batch_norm,
-            init_std=self.init_std,
-        )
 
 
 class Encoder(nn.Module):
@@ -130,7 +108,7 @@ class VAEGAN(GenerativeModel):
     def __init__(self, config: VAEGANConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or self.config_class()
-        dc = cfg.dcgan()
+        dc = dcgan_options(cfg)
         self.encoder = Encoder(dc, cfg.latent_dim)
         self.decoder = Generator(dc, cfg.latent_dim)
         self.discriminator = DCGANDiscriminator(dc)
@@ -161,13 +139,9 @@ class VAEGAN(GenerativeModel):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Dec(mu(x)) in eval mode (batch-norm running statistics), (N, C, *spatial)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             mu, _ = self.encode(x)
             return self.decode(mu)
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def sample(self, n: int, *, labels: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
+from monai.networks.utils import eval_mode
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -279,14 +280,9 @@ class Trainer:
         """Score the inference weights (EMA if enabled) with the validator; keep them if best so far."""
         if not self.env.is_main:
             return
-        was_training = self.model.training
-        self.model.eval()
         swap = self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext()
-        try:
-            with swap, torch.no_grad():
-                scores = {k: float(v) for k, v in self.validator(self.model).items()}
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), swap:
+            scores = {k: float(v) for k, v in self.validator(self.model).items()}
         key = self.validator.key
         value = scores[key]
         if math.isfinite(value) and (self.best is None or value < self.best["value"]):
@@ -301,14 +297,9 @@ class Trainer:
         return {k: v.detach().cpu().clone() for k, v in weights.items()}
 
     def _sample(self, n: int) -> torch.Tensor:
-        was_training = self.model.training
-        self.model.eval()
         swap = self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext()
-        try:
-            with swap, torch.no_grad():
-                return self.model.sample(n)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), swap:
+            return self.model.sample(n)
 
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: Path | str | None = None) -> Path | None:
