@@ -133,7 +133,7 @@ class TrainedModel:
 
 def versions() -> dict[str, str]:
     """The versions a card records: medgen, torch and python."""
-    return {"medgen": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {"medgen": str(__version__), "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def save(path: Path | str, card: ModelCard, weights: Mapping[str, torch.Tensor]) -> Path:
