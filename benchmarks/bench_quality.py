@@ -100,10 +100,10 @@ def score(cohort: Path, subjects: list[str], source: str, target: str, predict) 
 
 
 def model_predictor(cohort: Path, model_path: Path, target: str, work: Path):
+    from medgen.models import artifact
     from medgen.synth.translate import translate_volume
-    from medgen.train.run import load_trained
 
-    trained = load_trained(model_path)
+    trained = artifact.load(model_path)
 
     def predict(subject: str, _src: np.ndarray) -> np.ndarray:
         out = work / f"{subject}_{target}.nii.gz"
@@ -119,13 +119,13 @@ def profile(cohort: Path, task: dict, model_name: str, options: dict, batch_size
     from torch.utils.flop_counter import FlopCounterMode
 
     from medgen.data.tasks import task_dataset
-    from medgen.models.registry import build_model
+    from medgen.models.registry import build_model, is_paired
     from medgen.train.engine import TrainConfig, Trainer
-    from medgen.train.run import PAIRED_MODELS, _fill_shape_options, _translation_validator, _median_mappings
+    from medgen.train.run import _fill_shape_options, _translation_validator, _median_mappings
 
     split = read_split(cohort / "splits.json")
     prep = cohort / "prep"
-    ds = task_dataset(task, prep, split["train"], model_paired=model_name in PAIRED_MODELS, spatial_dims=2, patch_size=None, seed=0)
+    ds = task_dataset(task, prep, split["train"], model_paired=is_paired(model_name), spatial_dims=2, patch_size=None, seed=0)
     options = _fill_shape_options(model_name, dict(options, spatial_dims=2), ds[0], None)
     model = build_model(model_name, **options)
     cfg = TrainConfig(out_dir=out, max_steps=10**6, batch_size=batch_size, image_every=0, val_every=1)

@@ -91,9 +91,9 @@ def _sampling_seconds(model_name: str, model: torch.nn.Module, size: int, device
     import time
 
     labels = None
-    if model_name == "spade":
+    if model.kind == "label_map":
         labels = torch.randint(0, N_TISSUES, (SAMPLE_BATCH, 1, size, size), device=device)
-    elif model_name == "cgan":
+    elif "label" in model.batch_keys:
         labels = torch.arange(SAMPLE_BATCH, device=device) % 3
     model.eval()
     start = time.perf_counter()

@@ -36,11 +36,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from medgen.models.registry import build_model  # noqa: E402
+from medgen.models.registry import MODELS, build_model, models_of_kind  # noqa: E402
 from medgen.train import precision  # noqa: E402
 from medgen.train.step import EngineStepContext, make_scalers  # noqa: E402
 
-MODEL_NAMES = ("cyclegan", "cut", "fastcut", "pix2pix")
+MODEL_NAMES = tuple(name for name in MODELS if name in models_of_kind("translation"))  # registry order
 
 
 # ----------------------------------------------------------------------------------- machine

@@ -168,15 +168,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from medgen.models import artifact
     from medgen.synth.sample import held_out_label_maps, sample_to_files
-    from medgen.train.run import load_trained
 
     check_output_path(args.out, "folder")
-    trained = load_trained(args.checkpoint, device=args.device)
+    trained = artifact.load(args.checkpoint, device=args.device)
     label_maps = None
     if args.label_maps_from is not None:
         label_maps = held_out_label_maps(
-            args.label_maps_from[0], args.label_maps_from[1], trained.meta["task"]["modalities"][:1], trained.meta["task"].get("min_mask_fraction")
+            args.label_maps_from[0], args.label_maps_from[1], trained.card.task["modalities"][:1], trained.card.task.get("min_mask_fraction")
         )
     manifest = sample_to_files(
         trained, args.n, args.out, labels=args.labels, temperature=args.temperature, seed=args.seed, label_maps=label_maps
@@ -186,11 +186,11 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _translate(args: argparse.Namespace) -> int:
+    from medgen.models import artifact
     from medgen.synth.translate import translate_volume
-    from medgen.train.run import load_trained
 
     check_output_path(args.output, "folder" if args.dicom else "file", flag="--output")
-    trained = load_trained(args.checkpoint, device=args.device)
+    trained = artifact.load(args.checkpoint, device=args.device)
     salt = _secret(args) if args.dicom else None
     summary = translate_volume(
         trained, args.input, args.output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom,
@@ -226,9 +226,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         mae = result["aggregate"]["mae"]
         print(f"evaluate: {args.model} MAE {mae['mean']:.4g} {result['units']} over {mae['n']} test subjects -> {args.out}")
         return 0
-    from medgen.train.run import load_trained
+    from medgen.models.artifact import read_card
 
-    meta = load_trained(args.checkpoint).meta
+    card = read_card(args.checkpoint)
     weights = json.loads(args.extractors_json) if args.extractors_json else {}
     # eval.extractors entries: {"weights": path, **options} -> the extractor's weights_path and options
     extractors: dict[str, dict] = {name: {("weights_path" if k == "weights" else k): v for k, v in weights.get(name, {}).items()} for name in args.features}
@@ -237,7 +237,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "radiomics" in extractors:
         extractors["radiomics"] = {"image_types": ["Original"]}
     result = run.evaluate_generation(
-        meta=meta, model=args.model, manifest=args.samples, prep_root=args.prep_root, split_path=args.split,
+        card=card, model=args.model, manifest=args.samples, prep_root=args.prep_root, split_path=args.split,
         out_json=args.out, extractors=extractors, max_real=args.max_real, seed=args.seed,
     )
     memo = result["memorization"]

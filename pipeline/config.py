@@ -117,12 +117,12 @@ def _extractor_problems(cfg: dict[str, Any]) -> Iterator[str]:
 
 #: keys of a model's entry that configure its training or sampling rather than the model
 TRAIN_KEYS = ("steps", "batch_size", "temperature", "val_every")
-LABEL_MAP_MODELS = frozenset({"spade"})
-GENERATION_MODELS = frozenset({"glow", "gan", "cgan", "spade", "stylegan", "ldm", "vaegan", "bigan"})
 
 
 def _task_problems(cfg: dict[str, Any]) -> Iterator[str]:
-    from medgen.models.registry import MODELS, model_options
+    from medgen.models.registry import MODELS, model_options, models_of_kind, task_kind
+
+    label_map_models = models_of_kind("label_map")
 
     modalities = set(cfg["modalities"])
     for name, task in cfg["tasks"].items():
@@ -141,11 +141,10 @@ def _task_problems(cfg: dict[str, Any]) -> Iterator[str]:
             if model not in MODELS:
                 yield f"config key '{key}.models.{model}': unknown model; valid names: {', '.join(sorted(MODELS))}"
                 continue
-            if (model in LABEL_MAP_MODELS) != (task.get("condition") == "label_map"):
-                yield f"config key '{key}.models.{model}': label-map models ({', '.join(sorted(LABEL_MAP_MODELS))}) and condition 'label_map' go together"
-            wrong_kind = (model in GENERATION_MODELS) != (task["kind"] == "generation")
-            if wrong_kind:
-                yield f"config key '{key}.models.{model}': a {'generation' if model in GENERATION_MODELS else 'translation'} model in a {task['kind']} task"
+            if (model in label_map_models) != (task.get("condition") == "label_map"):
+                yield f"config key '{key}.models.{model}': label-map models ({', '.join(sorted(label_map_models))}) and condition 'label_map' go together"
+            if task_kind(model) != task["kind"]:
+                yield f"config key '{key}.models.{model}': a {task_kind(model)} model in a {task['kind']} task"
             valid = set(model_options(model)) | set(TRAIN_KEYS) | {"patch_size"}
             for option in sorted(set(options) - valid):
                 yield f"config key '{key}.models.{model}.{option}': unknown option; valid options: {', '.join(sorted(valid))}"

@@ -13,6 +13,7 @@ from medgen.data.preprocess import PreprocessConfig, preprocess_subject
 from medgen.data.splits import write_split
 from medgen.eval.baselines import BASELINES, fit_lookup, fit_quantile_map, read_baselines, resolution_floor, run_baselines
 from medgen.io.nifti import load_nifti, save_nifti
+from medgen.models.artifact import ModelCard
 
 
 def test_quantile_map_recovers_a_monotone_relation_and_lookup_a_non_monotone_one():
@@ -39,10 +40,10 @@ def test_resolution_floor_is_the_truth_on_the_native_grid_and_blurs_on_a_coarser
     ct[8:16, 8:16, 11:13] = 1500.0  # a thin bright plate, 2 voxels thick
     save_nifti(tmp_path / "T1w.nii.gz", t1, affine)
     save_nifti(tmp_path / "CT.nii.gz", ct, affine)
-    meta = {"task": {"source": "T1w", "target": "CT"}, "data": {"spacing": [2.0, 2.0, 2.0], "preprocess": {"ct_window": [-1024.0, 3000.0]}}}
+    meta = ModelCard(model="resolution_floor", task={"source": "T1w", "target": "CT"}, data={"spacing": [2.0, 2.0, 2.0], "preprocess": {"ct_window": [-1024.0, 3000.0]}})
     same = load_nifti(resolution_floor(tmp_path / "T1w.nii.gz", tmp_path / "CT.nii.gz", meta, tmp_path / "same.nii.gz")).array
     np.testing.assert_allclose(same, ct, atol=1e-2)  # resampling onto the same grid: float32 rounding only
-    meta["data"]["spacing"] = [6.0, 6.0, 6.0]
+    meta.data["spacing"] = [6.0, 6.0, 6.0]
     coarse = load_nifti(resolution_floor(tmp_path / "T1w.nii.gz", tmp_path / "CT.nii.gz", meta, tmp_path / "coarse.nii.gz")).array
     assert coarse.shape == ct.shape
     assert coarse[8:16, 8:16, 11:13].mean() < 1400.0  # the plate is thinner than a 6 mm voxel

@@ -19,10 +19,10 @@ import nibabel as nib
 import nilearn
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from medgen.data.splits import make_split, read_split
+from medgen.models.artifact import read_card
 
 ROOT = Path(__file__).resolve().parent.parent
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
@@ -122,8 +122,8 @@ def test_readme_command_runs_a_package_data_study_from_a_plain_shell(tmp_path):
     print(train_log)  # shown with -s: the evidence of a changed split retraining
     assert "belongs to a different run" in train_log and "split.train" in train_log and "resumed from" not in train_log
     assert (run / "checkpoint.stale-1.pt").read_bytes() == old_ckpt
-    new = torch.load(run / "model.pt", weights_only=True)["config"]
-    assert new["data"]["train_subjects"] == read_split(results / "splits.json")["train"]
+    new = read_card(run / "model.pt")
+    assert new.data["train_subjects"] == read_split(results / "splits.json")["train"]
 
 
 def _split_of(subjects: list[str], seed: int) -> dict:

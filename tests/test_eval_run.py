@@ -20,6 +20,7 @@ from medgen.eval.distribution import fid_from_features
 from medgen.eval.metrics_file import write_metrics
 from medgen.eval.radiomics_features import standardise_features
 from medgen.io.nifti import save_nifti
+from medgen.models.artifact import ModelCard
 
 
 def _copies_of_training_slices(cohort: dict[str, Path], out: Path, n: int) -> tuple[Path, dict, int]:
@@ -45,10 +46,10 @@ def _copies_of_training_slices(cohort: dict[str, Path], out: Path, n: int) -> tu
 
 def test_memorization_audit_sees_every_training_slice(tiny_cohort, tmp_path):
     manifest, mapping, n_train = _copies_of_training_slices(tiny_cohort, tmp_path / "samples", 12)
-    meta = {"task": {"name": "t1", "modalities": ["T1w"], "classes": None, "min_mask_fraction": 0.05}, "data": {"mappings": {"T1w": mapping}}}
+    card = ModelCard(model="gan", task={"name": "t1", "modalities": ["T1w"], "classes": None, "min_mask_fraction": 0.05}, data={"mappings": {"T1w": mapping}})
     out = tmp_path / "metrics" / "gan.json"
     # max_real=8 limits only the real test set; the audit must still use all training slices.
-    result = run.evaluate_generation(meta=meta, model="gan", manifest=manifest, prep_root=tiny_cohort["prep"], split_path=tiny_cohort["split"], out_json=out, extractors={}, max_real=8)
+    result = run.evaluate_generation(card=card, model="gan", manifest=manifest, prep_root=tiny_cohort["prep"], split_path=tiny_cohort["split"], out_json=out, extractors={}, max_real=8)
     memo = result["memorization"]
     assert memo["n_train"] == n_train and result["n"]["real_train"] == n_train and n_train > 8
     assert memo["likely_copy_share"] == 1.0, memo["likely_copies"]  # every copy is found

@@ -19,6 +19,7 @@ import torch
 
 from medgen.cli import main
 from medgen.data.splits import read_split, write_split
+from medgen.models.artifact import read_card
 from medgen.train.fingerprint import differences, run_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def test_changed_model_option_is_refused_by_hand_then_restarts(tiny_cohort, tmp_
     assert main(_train_args(tiny_cohort["prep"], tiny_cohort["split"], run, {**PIX2PIX, "ngf": 8}, 2, "--restart")) == 0
     assert (run / "checkpoint.stale-1.pt").read_bytes() == before
     assert (run / "model.stale-1.pt").exists() and (run / "log.stale-1.jsonl").exists()
-    assert torch.load(run / "model.pt", weights_only=True)["config"]["options"]["ngf"] == 8
+    assert read_card(run / "model.pt").options["ngf"] == 8
     assert _first_logged_step(run) == 1
 
 
@@ -146,4 +147,4 @@ def test_changed_option_restarts_under_torchrun(tiny_cohort, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("moved it aside") == 1 and "resumed from" not in second.stderr
     assert sorted(p.name for p in run.glob("*.stale-*")) == ["checkpoint.stale-1.pt", "log.stale-1.jsonl", "model.stale-1.pt"]
-    assert torch.load(run / "model.pt", weights_only=True)["config"]["options"]["ngf"] == 8
+    assert read_card(run / "model.pt").options["ngf"] == 8

@@ -18,7 +18,7 @@ from medgen.data.normalise import ct_mapping
 from medgen.io.ingest import IngestOptions, ingest
 from medgen.synth.sample import MANIFEST_HEADER, grid_shape, sample_to_files
 
-from medgen.train.run import TrainedModel
+from medgen.models.artifact import ModelCard, TrainedModel
 
 H, W = 16, 24  # deliberately not square: (X, Y) of a 2D sample
 SPACING = (3.5, 3.0, 2.5)
@@ -57,18 +57,18 @@ class ToyGenerator(nn.Module):
         return base + NOISE * temperature * torch.randn(base.shape)
 
 
-def meta(*, dims: int, condition: str | None, classes: list[str] | None, modalities: list[str]) -> dict[str, Any]:
+def meta(*, dims: int, condition: str | None, classes: list[str] | None, modalities: list[str]) -> ModelCard:
     size = [H, W, 20] if dims == 2 else [H, W, 12]
-    return {
-        "model": "toygen",
-        "options": {},
-        "task": {"name": "gen", "kind": "generation", "modalities": modalities, "condition": condition, "classes": classes},
-        "data": {
+    return ModelCard(
+        model="toygen",
+        options={},
+        task={"name": "gen", "kind": "generation", "modalities": modalities, "condition": condition, "classes": classes},
+        data={
             "spatial_dims": dims, "slice_axis": 2, "spacing": list(SPACING), "size": size, "patch_size": None,
             "preprocess": {"mr_norm": "percentile", "mr_percentiles": [0.5, 99.5], "ct_window": list(WINDOW)},
             "mappings": {"T1w": T1, "CT": ct_mapping(WINDOW)}, "affine": train_affine().tolist(),
         },
-    }
+    )
 
 
 def read_manifest(path: Path) -> list[dict[str, str]]:
@@ -162,7 +162,7 @@ def test_slice_bin_places_sample_at_its_bin(tmp_path: Path) -> None:
     m = meta(dims=2, condition="slice_bin", classes=["0", "1", "2", "3"], modalities=["T1w"])
     manifest = sample_to_files(TrainedModel(ToyGenerator((H, W)), m, None), 2, tmp_path / "s", labels=[0, 3])
     a = train_affine()
-    depth = m["data"]["size"][2]
+    depth = m.data["size"][2]
     for row, label in zip(read_manifest(manifest), (0, 3)):
         affine = nib.load(str(manifest.parent / row["path"])).affine
         expected = a[:3, 3] + (label + 0.5) / 4 * (depth - 1) * a[:3, 2]

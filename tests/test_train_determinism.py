@@ -7,8 +7,8 @@ import json
 import torch
 from torch import nn
 
+from medgen.models import artifact
 from medgen.models.base import GenerativeModel
-from medgen.train import checkpoint as ckpt
 from medgen.train.engine import TrainConfig, Trainer
 from medgen.train.run import train_task
 
@@ -51,7 +51,7 @@ def _run(tiny_cohort, out):
     cfg = TrainConfig(out_dir=out, max_steps=4, batch_size=2, ckpt_every=4, log_every=1, image_every=0, val_every=2, deterministic=True)
     path = train_task(prep_root=tiny_cohort["prep"], split_path=tiny_cohort["split"], task=task, model_name="cyclegan",
                       options={"ngf": 4, "n_blocks": 1, "ndf": 4, "num_layers_d": 2}, train_cfg=cfg)
-    weights = ckpt.load_checkpoint(path, expect=ckpt.FINAL_FORMAT)["model"]
+    weights = artifact.read(path)[1]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     return weights, [{k: v for k, v in r.items() if k != "images_per_s"} for r in log]
 

@@ -11,6 +11,7 @@ import torch
 
 from medgen.cli import main
 from medgen.errors import ExitCode
+from medgen.models import artifact
 from medgen.models.registry import MODELS
 from medgen.train.logging import RunLogger, SAMPLES_DIR, TB_DIR
 
@@ -38,7 +39,7 @@ def log_values(out: Path) -> list[dict]:
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "model.pt", weights_only=True)["model"]
+    return artifact.read(out / "model.pt")[1]
 
 
 def event_steps(out: Path) -> list[tuple[str, int]]:

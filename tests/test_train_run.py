@@ -11,7 +11,7 @@ import torch
 from medgen.cli import main
 from medgen.data.splits import read_split
 from medgen.data.tasks import GenerationDataset, TranslationDataset
-from medgen.train.run import load_trained
+from medgen.models.artifact import load, read
 
 
 def test_generation_dataset_labels_modalities(tiny_cohort):
@@ -56,18 +56,18 @@ def test_train_then_load_rebuilds_the_same_model(tiny_cohort, tmp_path):
          "--steps", "6", "--batch-size", "4", "--log-every", "2", "--image-every", "0", "--ckpt-every", "3", "--device", "cpu"]
     )
     assert code == 0
-    trained = load_trained(tmp_path / "run" / "model.pt")
-    meta = trained.meta
-    assert meta["model"] == "gan" and meta["options"]["image_size"] == 32
-    assert meta["data"]["spacing"] == [6.0, 6.0, 6.0]
-    assert meta["data"]["mappings"]["T1w"]["units"] == "a.u."
-    assert meta["data"]["train_subjects"] == read_split(tiny_cohort["split"])["train"]
+    trained = load(tmp_path / "run" / "model.pt")
+    card = trained.card
+    assert card.model == "gan" and card.options["image_size"] == 32
+    assert card.data["spacing"] == [6.0, 6.0, 6.0]
+    assert card.data["mappings"]["T1w"]["units"] == "a.u."
+    assert card.data["train_subjects"] == read_split(tiny_cohort["split"])["train"]
     torch.manual_seed(0)
     x = trained.model.sample(3)
     assert x.shape == (3, 1, 32, 32) and float(x.abs().max()) <= 1.0
-    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    _, weights = read(tmp_path / "run" / "model.pt")
     for key, value in trained.model.state_dict().items():
-        torch.testing.assert_close(value, state["model"][key])
+        torch.testing.assert_close(value, weights[key])
 
 
 def test_unknown_model_is_refused_with_the_valid_names(tiny_cohort, tmp_path, capsys):
@@ -101,8 +101,8 @@ def test_3d_translation_trains_on_patches_and_translates_a_whole_volume(tiny_coh
                  "--model", "pix2pix", "--options-json", json.dumps(options), "--out", str(tmp_path / "run"),
                  "--steps", "3", "--batch-size", "2", "--image-every", "0", "--device", "cpu"])
     assert code == 0
-    trained = load_trained(tmp_path / "run" / "model.pt")
-    assert trained.meta["data"]["spatial_dims"] == 3 and trained.meta["data"]["patch_size"] == [16, 16, 16]
+    trained = load(tmp_path / "run" / "model.pt")
+    assert trained.card.data["spatial_dims"] == 3 and trained.card.data["patch_size"] == [16, 16, 16]
     source = tiny_cohort["phantom"] / "nifti" / "sub-001" / "T1w.nii.gz"
     out = tmp_path / "ct.nii.gz"
     summary = translate_volume(trained, source, out, progress=False)

@@ -12,7 +12,8 @@ from torch import nn
 from medgen.models.base import GenerativeModel
 from medgen.train import checkpoint as ckpt
 from medgen.train.engine import TrainConfig, Trainer
-from medgen.train.run import load_trained, train_task
+from medgen.models.artifact import load, read
+from medgen.train.run import train_task
 from medgen.train.validation import TranslationValidator
 
 
@@ -66,11 +67,11 @@ def test_model_pt_holds_the_weights_of_the_best_validation_not_the_last(tmp_path
     trainer = Trainer(model, Pairs(1.0), cfg, validator=validator)
     trainer.fit()
 
-    final = ckpt.load_checkpoint(tmp_path / ckpt.FINAL_NAME, expect=ckpt.FINAL_FORMAT)
+    card, weights = read(tmp_path / ckpt.FINAL_NAME)
     # float32 steps of 0.05 accumulate rounding of a few ulp: 1e-5 is far below the 0.1 between validations
-    assert float(final["model"]["w"]) == pytest.approx(0.5, abs=1e-5)
-    assert final["validation"]["step"] == 10 and final["validation"]["key"] == "val/mae"
-    assert final["validation"]["value"] == pytest.approx(0.0, abs=1e-5)
+    assert float(weights["w"]) == pytest.approx(0.5, abs=1e-5)
+    assert card.validation["step"] == 10 and card.validation["key"] == "val/mae"
+    assert card.validation["value"] == pytest.approx(0.0, abs=1e-5)
     # the resumable state holds the last weights
     last = ckpt.load_checkpoint(tmp_path / ckpt.CHECKPOINT_NAME)
     assert float(last["model"]["w"]) == pytest.approx(1.0, abs=1e-5)
@@ -91,9 +92,9 @@ def test_resumed_run_keeps_the_best_found_before_the_interruption(tmp_path):
 
     run(12)
     run(20)
-    final = ckpt.load_checkpoint(tmp_path / ckpt.FINAL_NAME, expect=ckpt.FINAL_FORMAT)
-    assert final["validation"]["step"] == 10
-    assert float(final["model"]["w"]) == pytest.approx(0.5, abs=1e-5)
+    card, weights = read(tmp_path / ckpt.FINAL_NAME)
+    assert card.validation["step"] == 10
+    assert float(weights["w"]) == pytest.approx(0.5, abs=1e-5)
 
 
 def test_ct_validation_is_in_hu_inside_the_mask():
@@ -134,7 +135,7 @@ def test_translation_training_validates_on_the_validation_subjects(tiny_cohort, 
     assert [r["step"] for r in records] == [2, 4]
     # an MAE in HU of a barely trained model: hundreds of HU, certainly not normalised units (< 2)
     assert all(20.0 < r["val/mae"] < 3000.0 for r in records)
-    final = ckpt.load_checkpoint(path, expect=ckpt.FINAL_FORMAT)
+    card, _ = read(path)
     best = min(records, key=lambda r: r["val/mae"])
-    assert final["validation"]["step"] == best["step"]
-    assert load_trained(path).meta["model"] == "pix2pix"
+    assert card.validation["step"] == best["step"]
+    assert load(path).card.model == "pix2pix"

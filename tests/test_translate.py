@@ -21,7 +21,7 @@ from medgen.io.dicom_series import load_series, scan_dicom
 from medgen.io.dicom_write import PatientIdentity, write_dicom_series
 from medgen.io.nifti import load_nifti, save_nifti
 from medgen.synth.translate import MR_UNITS, translate_volume
-from medgen.train.run import TrainedModel
+from medgen.models.artifact import ModelCard, TrainedModel
 
 SHAPE = (40, 44, 20)
 SPACING = (0.9, 1.1, 2.5)
@@ -82,20 +82,20 @@ def interior(r: np.ndarray) -> np.ndarray:
     return r < RADIUS - 2 * GRID_MM - max(SPACING) - 1.0
 
 
-def meta(*, dims: int = 2, source: str = "CT", target: str = "CT", patch: list[int] | None = None) -> dict[str, Any]:
+def meta(*, dims: int = 2, source: str = "CT", target: str = "CT", patch: list[int] | None = None) -> ModelCard:
     mappings = {"CT": ct_mapping(WINDOW), "T1w": {"kind": "linear", "scale": 500.0, "offset": 500.0,
                                                   "clip_normalised": [-1.0, 1.0], "units": "a.u.",
                                                   "source_range": [0.0, 1000.0], "method": "percentile"}}
-    return {
-        "model": "toy",
-        "options": {},
-        "task": {"name": f"{source}_to_{target}", "kind": "translation", "source": source, "target": target},
-        "data": {
+    return ModelCard(
+        model="toy",
+        options={},
+        task={"name": f"{source}_to_{target}", "kind": "translation", "source": source, "target": target},
+        data={
             "spatial_dims": dims, "slice_axis": 2, "spacing": [GRID_MM] * 3, "size": [16, 16, 16], "patch_size": patch,
             "preprocess": {"mr_norm": "percentile", "mr_percentiles": [0.5, 99.5], "ct_window": list(WINDOW)},
             "mappings": mappings, "affine": np.diag([GRID_MM] * 3 + [1.0]).tolist(),
         },
-    }
+    )
 
 
 class Identity2D(nn.Module):

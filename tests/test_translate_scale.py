@@ -13,7 +13,7 @@ from medgen.data.mask import head_mask
 from medgen.data.normalise import make_mapping
 from medgen.data.scale_relation import fit_scale_relation
 from medgen.synth.translate import MR_SUBJECT_UNITS, MR_UNITS, translate_volume
-from medgen.train.run import TrainedModel
+from medgen.models.artifact import ModelCard, TrainedModel
 
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"  # a real T1w head, 2 mm
 OPTIONS = {"mr_norm": "percentile", "mr_percentiles": [0.5, 99.5], "ct_window": [-1024.0, 3000.0]}
@@ -31,7 +31,7 @@ def _mapping(array: np.ndarray, modality: str) -> dict:
     return make_mapping(modality, array, mask, mr_norm="percentile", mr_percentiles=(0.5, 99.5), ct_window=(-1024.0, 3000.0))
 
 
-def _meta(relation: dict | None) -> dict:
+def _meta(relation: dict | None) -> ModelCard:
     # the cohort's median T2w mapping, deliberately far from any one subject's scale
     cohort_t2 = {"kind": "linear", "scale": 2000.0, "offset": 2200.0, "clip_normalised": [-1.0, 1.0], "units": "a.u.",
                  "source_range": [200.0, 4200.0], "method": "percentile"}
@@ -39,7 +39,7 @@ def _meta(relation: dict | None) -> dict:
             "preprocess": OPTIONS, "mappings": {"T2w": cohort_t2}, "affine": np.diag([2.0, 2.0, 2.0, 1.0]).tolist()}
     if relation is not None:
         data["scale_relation"] = relation
-    return {"model": "toy", "options": {}, "task": {"name": "t1_t2", "kind": "translation", "source": "T1w", "target": "T2w"}, "data": data}
+    return ModelCard(model="toy", task={"name": "t1_t2", "kind": "translation", "source": "T1w", "target": "T2w"}, data=data)
 
 
 def test_mr_output_follows_the_input_subjects_scale(tmp_path):

@@ -14,7 +14,7 @@ from medgen.cli import main
 from medgen.data.tasks import TranslationDataset
 from medgen.io.nifti import load_nifti
 from medgen.synth.translate import run_2d, translate_volume
-from medgen.train.run import load_trained
+from medgen.models.artifact import load
 
 
 def test_run_2d_feeds_each_slice_with_its_neighbours_edge_repeated():
@@ -46,7 +46,7 @@ def test_25d_pix2pix_trains_validates_and_translates_a_whole_volume(tiny_cohort,
                  "--model", "pix2pix", "--options-json", json.dumps(options), "--out", str(tmp_path / "run"),
                  "--steps", "2", "--batch-size", "2", "--image-every", "0", "--val-every", "2", "--device", "cpu"])
     assert code == 0
-    trained = load_trained(tmp_path / "run" / "model.pt")
+    trained = load(tmp_path / "run" / "model.pt")
     assert trained.model.config.in_channels == 3
     source = tiny_cohort["phantom"] / "nifti" / "sub-001" / "T1w.nii.gz"
     summary = translate_volume(trained, source, tmp_path / "ct.nii.gz", progress=False)

@@ -37,6 +37,7 @@ from medgen.data.preprocess import resample_to, to_ras_grid
 from medgen.data.splits import read_split
 from medgen.io.atomic import atomic_write_json
 from medgen.io.nifti import load_nifti, save_nifti
+from medgen.models.artifact import ModelCard, TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +128,15 @@ class VoxelwiseTranslator(nn.Module):
         return torch.from_numpy(self.curve(x.detach().cpu().numpy())).to(x.device)
 
 
-def cohort_meta(prep_root: Path, subjects: Sequence[str], task: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The part of a trained model's meta that translation reads, built as ``medgen train`` builds it."""
+def cohort_card(prep_root: Path, subjects: Sequence[str], task: Mapping[str, Any], name: str) -> ModelCard:
+    """The part of a trained model's card that translation reads, built as ``medgen train`` builds it."""
     from medgen.train.run import _median_mappings  # the one owner of the cohort mappings
 
     mappings, first = _median_mappings(Path(prep_root), subjects, [task["source"], task["target"]])
-    return {
-        "model": name,
-        "task": {"name": task.get("name"), "kind": "translation", "source": task["source"], "target": task["target"]},
-        "data": {
+    return ModelCard(
+        model=name,
+        task={"name": task.get("name"), "kind": "translation", "source": task["source"], "target": task["target"]},
+        data={
             "spatial_dims": 2,
             "slice_axis": 2,
             "spacing": first["geometry"]["spacing"],
@@ -143,22 +144,22 @@ def cohort_meta(prep_root: Path, subjects: Sequence[str], task: Mapping[str, Any
             "preprocess": {k: first["config"][k] for k in ("mr_norm", "mr_percentiles", "ct_window")},
             "mappings": mappings,
         },
-    }
+    )
 
 
-def resolution_floor(source_path: Path, truth_path: Path, meta: Mapping[str, Any], out_path: Path) -> Path:
+def resolution_floor(source_path: Path, truth_path: Path, card: ModelCard, out_path: Path) -> Path:
     """The ground truth on the models' grid and back, blanked outside the source's head mask as a
     model's output is, CT clipped to the normalisation window (a model's output cannot leave it)."""
     source, truth = load_nifti(source_path), load_nifti(truth_path)
     if source.array.shape != truth.array.shape or not np.allclose(source.affine, truth.affine, atol=1e-3):
         raise ValueError(f"{truth_path}: grid differs from the source {source_path}; the floor needs them registered on one grid")
-    spacing = tuple(float(s) for s in meta["data"]["spacing"])
-    target = meta["task"]["target"]
+    spacing = tuple(float(s) for s in card.data["spacing"])
+    target = card.task["target"]
     grid = to_ras_grid(truth, spacing)
     values = np.asarray(grid[0], dtype=np.float32)
     if is_ct(target):
-        values = np.clip(values, *meta["data"]["preprocess"]["ct_window"])
-    mask, _ = head_mask(meta["task"]["source"], np.asarray(to_ras_grid(source, spacing)[0], dtype=np.float32))
+        values = np.clip(values, *card.data["preprocess"]["ct_window"])
+    mask, _ = head_mask(card.task["source"], np.asarray(to_ras_grid(source, spacing)[0], dtype=np.float32))
     if mask.any():
         values = np.where(mask, values, np.float32(background_value(target))).astype(np.float32)
     back = resample_to(values, np.asarray(grid.affine, dtype=np.float64), _reference(truth))
@@ -189,7 +190,6 @@ def run_baselines(
     """
     from medgen.eval.run import evaluate_translation
     from medgen.synth.translate import translate_volume
-    from medgen.train.run import TrainedModel
 
     split = read_split(split_path)
     source, target = task["source"], task["target"]
@@ -200,13 +200,13 @@ def run_baselines(
     result: dict[str, Any] = {"kind": "translation_baselines", "task": task.get("name"), "source": source, "target": target, "baselines": {}}
     for name in BASELINES:
         folder = out_dir / name
-        meta = cohort_meta(prep_root, split["train"], task, name)
+        card = cohort_card(prep_root, split["train"], task, name)
         for subject in split["test"]:
             src_path, out_path = Path(nifti_root) / subject / f"{source}.nii.gz", folder / f"{subject}.nii.gz"
             if name == "resolution_floor":
-                resolution_floor(src_path, Path(nifti_root) / subject / f"{target}.nii.gz", meta, out_path)
+                resolution_floor(src_path, Path(nifti_root) / subject / f"{target}.nii.gz", card, out_path)
             else:
-                trained = TrainedModel(model=VoxelwiseTranslator(curves[name]), meta=meta)
+                trained = TrainedModel(model=VoxelwiseTranslator(curves[name]), card=card)
                 translate_volume(trained, src_path, out_path, progress=False)
         scored = evaluate_translation(
             task=task, model=name, pred_dir=folder, nifti_root=Path(nifti_root), prep_root=Path(prep_root),

@@ -73,9 +73,9 @@ def translated_slices(model_path: Path, sources_for: Callable[[int], np.ndarray]
     """A translation model's output (N, 1, H, W) for the normalised source slices
     ``sources_for(context)`` returns: (N, 1, H, W), or 2.5D (N, 2·context+1, H, W) for a model
     with ``in_channels`` > 1."""
-    from medgen.train.run import load_trained
+    from medgen.models import artifact
 
-    trained = load_trained(model_path)
+    trained = artifact.load(model_path)
     channels = int(getattr(getattr(trained.model, "config", None), "in_channels", 1))
     sources = sources_for((channels - 1) // 2)
     out = []
@@ -88,9 +88,9 @@ def translated_slices(model_path: Path, sources_for: Callable[[int], np.ndarray]
 def label_map_samples(model_path: Path, label_maps: np.ndarray, *, seed: int, batch_size: int = 32) -> np.ndarray:
     """A label-map model's images (N, 1, H, W), one per given label map (N, 1, H, W)."""
     from medgen.synth.sample import _draw  # the sampler's own batching, seeding and finite redraws
-    from medgen.train.run import load_trained
+    from medgen.models import artifact
 
-    trained = load_trained(model_path)
+    trained = artifact.load(model_path)
     maps = [torch.from_numpy(m) for m in label_maps]
     return _draw(trained.model, maps, temperature=1.0, seed=seed, batch_size=batch_size).numpy().astype(np.float32)
 

@@ -30,6 +30,7 @@ from medgen.eval.paired import aggregate, paired_metrics
 from medgen.eval.metrics_file import write_metrics
 from medgen.eval.radiomics_features import standardise_features
 from medgen.io.nifti import load_nifti
+from medgen.models.artifact import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _slices(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str],
 
 def evaluate_generation(
     *,
-    meta: Mapping[str, Any],
+    card: ModelCard,
     model: str,
     manifest: Path,
     prep_root: Path,
@@ -113,12 +114,13 @@ def evaluate_generation(
     max_real: int | None = 256,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Distribution metrics and memorization audit of the samples listed in ``manifest``."""
-    task = meta["task"]
+    """Distribution metrics and memorization audit of the samples listed in ``manifest`` (drawn
+    from the model ``card`` describes)."""
+    task = card.task
     modalities = task["modalities"]
     split = read_split(split_path)
     fraction = float(task.get("min_mask_fraction", MIN_MASK_FRACTION))  # the model's training threshold
-    fake_ds = AugmentationDataset(manifest, meta["data"]["mappings"], task.get("classes") or modalities)
+    fake_ds = AugmentationDataset(manifest, card.data["mappings"], task.get("classes") or modalities)
     fake = np.stack([fake_ds[i]["image"][0].numpy() for i in range(len(fake_ds))])
     real = _slices(prep_root, split["test"], modalities, max_real, seed, min_mask_fraction=fraction, split="test")
     # The memorization audit compares with every training slice (no subset: a copy of any

@@ -23,11 +23,12 @@ from medgen.errors import InputMissingError, ModelFileError
 __all__ = ["safe_load", "ModelFileError"]
 
 
-def safe_load(path: Path | str, *, what: str, remedy: str, map_location: str | torch.device = "cpu") -> Any:
+def safe_load(path: Path | str, *, what: str, remedy: str, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``; any failure becomes a one-message error.
 
     ``what`` names the kind of file expected ("trained model", "encoder checkpoint", ...) and
-    ``remedy`` says what to do when the file is unusable; both go into the message.
+    ``remedy`` says what to do when the file is unusable; both go into the message. ``mmap``
+    leaves the tensors on disk until used (for reading a file's metadata alone).
     A missing path raises :class:`~medgen.errors.InputMissingError`, a permission problem the
     ``PermissionError`` itself (the command line reports both with their own exit status).
     """
@@ -37,7 +38,7 @@ def safe_load(path: Path | str, *, what: str, remedy: str, map_location: str | t
     if path.is_dir():
         raise ModelFileError(f"{path} is a folder, not a {what}; pass the file itself")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except PermissionError:
         raise
     except pickle.UnpicklingError as exc:

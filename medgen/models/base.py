@@ -10,10 +10,20 @@ The engine hands each step a :class:`StepContext`; a model never calls ``loss.ba
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping, Protocol
+from typing import Any, ClassVar, Mapping, Protocol
 
 import torch
 from torch import nn
+
+
+#: what a model does: sample images (``generation``), map a source image to a target image
+#: (``translation``), or generate images from label maps (``label_map``, a generation task with
+#: ``condition: label_map``)
+KINDS = ("generation", "translation", "label_map")
+
+#: the task conditions a model may declare: none, a class label (``modality``, ``slice_bin``,
+#: ``lesion``: an integer ``batch["label"]``) or a tissue label map (``label_map``: ``batch["labels"]``)
+CONDITIONS: tuple[str | None, ...] = (None, "modality", "slice_bin", "lesion", "label_map")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -59,9 +69,19 @@ class GenerativeModel(nn.Module, abc.ABC):
     """Base class of every model in the registry (Glow, GAN, cGAN, CycleGAN, ...).
 
     Subclasses keep every network as a submodule, so ``state_dict()`` holds them all, and name
-    their optimizers in :meth:`configure_optimizers`.
+    their optimizers in :meth:`configure_optimizers`. Each declares what it is in the class
+    attributes below; every list of models by kind elsewhere is derived from them through the
+    registry (:mod:`medgen.models.registry`).
     """
 
+    #: the model's options (a dataclass; ``build_model`` fills it from the config and refuses unknown names)
+    config_class: ClassVar[type]
+    #: one of :data:`KINDS`
+    kind: ClassVar[str] = "generation"
+    #: a translation model trained on registered (source, target) pairs; False: unpaired targets
+    paired: ClassVar[bool] = False
+    #: the task conditions (of :data:`CONDITIONS`) the model can be trained with
+    conditions: ClassVar[frozenset[str | None]] = frozenset({None})
     #: keys of the batch dict the model reads (e.g. ``("image",)`` or ``("image", "label")``)
     batch_keys: tuple[str, ...] = ("image",)
 

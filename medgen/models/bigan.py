@@ -96,6 +96,9 @@ class BiGAN(GenerativeModel):
 
     batch_keys = ("image",)
     config_class = BiGANConfig
+    kind = "generation"
+    paired = False
+    conditions = frozenset({None})
 
     def __init__(self, config: BiGANConfig | None = None) -> None:
         super().__init__()

@@ -83,6 +83,9 @@ class ConditionalGAN(DCGAN):
 
     batch_keys = ("image", "label")
     config_class = ConditionalGANConfig
+    kind = "generation"
+    paired = False
+    conditions = frozenset({"modality", "slice_bin", "lesion"})
     config: ConditionalGANConfig
 
     def _build_generator(self, cfg: ConditionalGANConfig) -> nn.Module:

@@ -150,6 +150,9 @@ class CUT(TranslationModel):
     (generator and heads) and ``"d"``."""
 
     config_class = CUTConfig
+    kind = "translation"
+    paired = False
+    conditions = frozenset({None})
 
     def __init__(self, config: CUTConfig | None = None) -> None:
         super().__init__(config)

@@ -57,6 +57,9 @@ class CycleGAN(TranslationModel):
     """Networks ``g_ab``, ``g_ba``, ``d_a``, ``d_b``; optimizers ``"g"`` and ``"d"``."""
 
     config_class = CycleGANConfig
+    kind = "translation"
+    paired = False
+    conditions = frozenset({None})
 
     def __init__(self, config: CycleGANConfig | None = None) -> None:
         super().__init__(config)

@@ -211,6 +211,9 @@ class DCGAN(GenerativeModel):
 
     batch_keys = ("image",)
     config_class = DCGANConfig
+    kind = "generation"
+    paired = False
+    conditions = frozenset({None})
 
     def __init__(self, config: DCGANConfig | None = None) -> None:
         super().__init__()

@@ -100,6 +100,9 @@ class Glow(GenerativeModel):
 
     batch_keys = ("image",)
     config_class = GlowConfig
+    kind = "generation"
+    paired = False
+    conditions = frozenset({None})
 
     def __init__(self, config: GlowConfig | None = None) -> None:
         super().__init__()

@@ -96,6 +96,9 @@ class LatentDiffusion(GenerativeModel):
 
     batch_keys = ("image",)
     config_class = LatentDiffusionConfig
+    kind = "generation"
+    paired = False
+    conditions = frozenset({None, "modality", "slice_bin", "lesion"})  # class labels when n_classes > 0
 
     def __init__(self, config: LatentDiffusionConfig | None = None) -> None:
         super().__init__()

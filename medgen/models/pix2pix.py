@@ -54,6 +54,9 @@ class Pix2Pix(TranslationModel):
     """Networks ``generator`` and ``discriminator``; optimizers ``"g"`` and ``"d"``."""
 
     config_class = Pix2PixConfig
+    kind = "translation"
+    paired = True
+    conditions = frozenset({None})
 
     def __init__(self, config: Pix2PixConfig | None = None) -> None:
         super().__init__(config)

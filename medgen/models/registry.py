@@ -2,7 +2,10 @@
 
 ``build_model("gan", spatial_dims=2, image_size=64, in_channels=1)`` fills the model's config
 dataclass (``cls.config_class``) and rejects unknown option names. Adding a model is adding a
-file and an entry to :data:`MODELS`.
+file and an entry to :data:`MODELS` (and its tests: ``tests/test_model_contract.py`` runs over
+every entry). Each model class declares what it is (``kind``, ``paired``, ``conditions``; see
+:class:`~medgen.models.base.GenerativeModel`); the queries below derive every list of models
+by kind from those declarations.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from medgen.models.base import GenerativeModel
+from medgen.models.base import CONDITIONS, KINDS, GenerativeModel
 from medgen.models.bigan import BiGAN
 from medgen.models.cgan import ConditionalGAN
 from medgen.models.cut import CUT, FastCUT
@@ -65,3 +68,40 @@ def build_model(name: str, **options: Any) -> GenerativeModel:
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; valid options: {', '.join(valid)}")
     return cls(config_class(**options))
+
+
+def models_of_kind(*kinds: str) -> frozenset[str]:
+    """Names of the models of any of ``kinds`` (of :data:`~medgen.models.base.KINDS`)."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown model kind(s) {', '.join(map(repr, unknown))}; valid kinds: {', '.join(KINDS)}")
+    return frozenset(name for name, cls in MODELS.items() if cls.kind in kinds)
+
+
+def task_kind(name: str) -> str:
+    """The kind of task model ``name`` serves: ``"translation"`` or ``"generation"`` (label-map models included)."""
+    return "translation" if _model_class(name).kind == "translation" else "generation"
+
+
+def is_paired(name: str) -> bool:
+    """Whether model ``name`` trains on registered (source, target) pairs."""
+    return _model_class(name).paired
+
+
+def paired_models() -> frozenset[str]:
+    """Names of the models trained on registered pairs."""
+    return frozenset(name for name, cls in MODELS.items() if cls.paired)
+
+
+def models_with_condition(condition: str | None) -> frozenset[str]:
+    """Names of the models that can be trained with task condition ``condition``."""
+    return frozenset(name for name, cls in MODELS.items() if condition in cls.conditions)
+
+
+def class_conditions() -> frozenset[str]:
+    """Task conditions served as an integer class label: those of the models with an ``n_classes`` option."""
+    found: set[str | None] = set()
+    for cls in MODELS.values():
+        if any(f.name == "n_classes" for f in dataclasses.fields(cls.config_class)):
+            found |= cls.conditions
+    return frozenset(c for c in found if c is not None and c in CONDITIONS)

@@ -201,6 +201,9 @@ class StyleGAN(GenerativeModel):
 
     batch_keys = ("image",)
     config_class = StyleGANConfig
+    kind = "generation"
+    paired = False
+    conditions = frozenset({None})
 
     def __init__(self, config: StyleGANConfig | None = None) -> None:
         super().__init__()

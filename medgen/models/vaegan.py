@@ -104,6 +104,9 @@ class VAEGAN(GenerativeModel):
 
     batch_keys = ("image",)
     config_class = VAEGANConfig
+    kind = "generation"
+    paired = False
+    conditions = frozenset({None})
 
     def __init__(self, config: VAEGANConfig | None = None) -> None:
         super().__init__()

@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -136,10 +136,10 @@ def _extent_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return (idx.max(axis=0) - idx.min(axis=0) + 1) * spacing
 
 
-def range_warnings(ras: np.ndarray, mask: np.ndarray, meta: dict[str, Any], source: str) -> list[str]:
+def range_warnings(ras: np.ndarray, mask: np.ndarray, data: Mapping[str, Any], source: str) -> list[str]:
     """Warnings for an input (RAS, at the model's spacing; ``mask``: its head mask) far outside the
-    training field of view or intensity range; each names the figures. Also logged."""
-    data = meta["data"]
+    training field of view or intensity range (``data``: the model card's data section); each
+    names the figures. Also logged."""
     spacing = np.asarray(data["spacing"], dtype=np.float64)
     warnings: list[str] = []
     train_fov = np.asarray(data.get("size") or ras.shape, dtype=np.float64) * spacing

@@ -30,7 +30,7 @@ from medgen.io.atomic import atomic_write_text, atomic_write_with  # noqa: E402
 from medgen.io.nifti import save_nifti  # noqa: E402
 
 if TYPE_CHECKING:
-    from medgen.train.run import TrainedModel
+    from medgen.models.artifact import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -188,13 +188,13 @@ def _display(image: np.ndarray) -> np.ndarray:
 
 def _source_name(trained: TrainedModel) -> str:
     checkpoint = Path(trained.path).name if getattr(trained, "path", None) else "unsaved"
-    return f"{trained.meta.get('model', 'model')}:{checkpoint}"
+    return f"{trained.card.model or 'model'}:{checkpoint}"
 
 
 def _write_samples(
     trained: TrainedModel, images: torch.Tensor, labels: list[int | None], out_dir: Path
 ) -> list[_Sample]:
-    meta, task, data = trained.meta, trained.meta["task"], trained.meta["data"]
+    task, data = trained.card.task, trained.card.data
     dims = int(data.get("spatial_dims", 2))
     axis = int(data.get("slice_axis", 2))
     if images.ndim != 2 + dims:
@@ -204,7 +204,7 @@ def _write_samples(
         modalities = _channel_modalities(task, label, image.shape[0])
         affine = sample_affine(np.asarray(data["affine"]), dims, axis, _slice_index(data, task, label, axis) if dims == 2 else 0.0)
         for channel, modality in zip(image, modalities):
-            values = invert_normalisation(channel, meta["data"]["mappings"][modality])
+            values = invert_normalisation(channel, data["mappings"][modality])
             volume = values[..., None] if dims == 2 else values  # 2D: a one-slice volume (H, W, 1)
             name = f"sample_{i:05d}.nii.gz" if len(modalities) == 1 else f"sample_{i:05d}_{modality}.nii.gz"
             path = save_nifti(out_dir / "images" / name, volume, affine)
@@ -226,12 +226,12 @@ def held_out_label_maps(prep_root: Path, split_path: Path, modalities: Sequence[
 
 def _write_label_maps(trained: TrainedModel, maps: list[torch.Tensor], out_dir: Path) -> list[_Sample]:
     """Each sample's label map as a NIfTI beside its image, on the same affine."""
-    data = trained.meta["data"]
+    data = trained.card.data
     dims, axis = int(data.get("spatial_dims", 2)), int(data.get("slice_axis", 2))
     written = []
     for i, label_map in enumerate(maps):
         values = label_map.numpy()[0]
-        affine = sample_affine(np.asarray(data["affine"]), dims, axis, _slice_index(data, trained.meta["task"], None, axis) if dims == 2 else 0.0)
+        affine = sample_affine(np.asarray(data["affine"]), dims, axis, _slice_index(data, trained.card.task, None, axis) if dims == 2 else 0.0)
         path = save_nifti(out_dir / "images" / f"labels_{i:05d}.nii.gz", values[..., None] if dims == 2 else values, affine, dtype=np.uint8)
         written.append(_Sample(i, "labels", None, path, values.astype(np.float32)))
     return written
@@ -329,7 +329,7 @@ def sample_to_files(
         raise ValueError(f"n must be >= 1, got {n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    task = trained.meta["task"]
+    task = trained.card.task
     if task.get("kind") != "generation":
         from medgen.errors import ModalityMismatchError
 

@@ -31,8 +31,8 @@ from medgen.data.scale_relation import subject_target_mapping
 from medgen.io.nifti import Volume, load_nifti, save_nifti
 from medgen.synth.input_checks import check_modality, range_warnings, write_sidecar
 
-if TYPE_CHECKING:  # the contract lives with the trainer; only its attributes are used here
-    from medgen.train.run import TrainedModel
+if TYPE_CHECKING:
+    from medgen.models.artifact import ModelCard, TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ def read_input(input_path: Path) -> tuple[Volume, Any]:
     return load_nifti(input_path), None
 
 
-def _preprocess_options(meta: dict[str, Any]) -> dict[str, Any]:
+def _preprocess_options(card: ModelCard) -> dict[str, Any]:
     """The keyword arguments of make_mapping from the model's preprocessing settings."""
-    given = dict(meta["data"].get("preprocess") or {})
+    given = dict(card.data.get("preprocess") or {})
     defaults = PreprocessConfig()
     return {
         "mr_norm": given.get("mr_norm", defaults.mr_norm),
@@ -86,13 +86,13 @@ def _preprocess_options(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _task_modalities(meta: dict[str, Any]) -> tuple[str, str]:
-    task = meta.get("task") or {}
+def _task_modalities(card: ModelCard) -> tuple[str, str]:
+    task = card.task
     if task.get("kind") != "translation":
         from medgen.errors import ModalityMismatchError
 
         raise ModalityMismatchError(
-            f"model {meta.get('model')!r} of task {task.get('name')!r} is a {task.get('kind')!r} model, not a translation model; "
+            f"model {card.model!r} of task {task.get('name')!r} is a {task.get('kind')!r} model, not a translation model; "
             "draw samples with it (medgen sample), or pass a translation model's model.pt"
         )
     return str(task["source"]), str(task["target"])
@@ -238,13 +238,13 @@ def _to_input_grid(array: np.ndarray, ras_affine: np.ndarray, volume: Volume) ->
 
 
 def _write_output(
-    output_path: Path, array: np.ndarray, volume: Volume, *, dicom: bool, target: str, header: Any, meta: dict[str, Any], salt: str
+    output_path: Path, array: np.ndarray, volume: Volume, *, dicom: bool, target: str, header: Any, card: ModelCard, salt: str
 ) -> list[Path]:
     if not dicom:
         return [save_nifti(output_path, array, volume.affine)]
     from medgen.io.dicom_derived import write_derived_series
 
-    description = f"synthetic {target} ({meta.get('model', 'model')})"
+    description = f"synthetic {target} ({card.model or 'model'})"
     return write_derived_series(
         array, volume.affine, output_path, modality="CT" if is_ct(target) else "MR", source_header=header,
         series_description=description[:64], salt=salt,
@@ -285,9 +285,9 @@ def translate_volume(
     the output (``<output>.json``).
     """
     t0 = time.perf_counter()
-    meta = trained.meta
-    data = meta["data"]
-    source, target = _task_modalities(meta)
+    card = trained.card
+    data = card.data
+    source, target = _task_modalities(card)
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.resolve() == input_path.resolve():
         raise ValueError(f"{output_path}: the output would overwrite the input")
@@ -302,8 +302,8 @@ def translate_volume(
     ras_affine = np.asarray(grid.affine, dtype=np.float64)
     ras = np.asarray(grid[0], dtype=np.float32)
     mask, _ = head_mask(source, ras)
-    source_map = make_mapping(source, ras, mask if mask.any() else None, **_preprocess_options(meta))
-    input_warnings = range_warnings(ras, mask, meta, source)
+    source_map = make_mapping(source, ras, mask if mask.any() else None, **_preprocess_options(card))
+    input_warnings = range_warnings(ras, mask, data, source)
     x = apply_normalisation(ras, source_map)
     x_background = float(apply_normalisation(np.array([background_value(source)]), source_map)[0])
 
@@ -329,7 +329,7 @@ def translate_volume(
     if mask.any():  # an empty mask (blank input) was already warned about; then nothing is blanked
         y_units = np.where(mask.astype(bool), y_units, np.float32(background_value(target))).astype(np.float32)
     out = _to_input_grid(y_units, ras_affine, volume)
-    written = _write_output(output_path, out, volume, dicom=dicom, target=target, header=header, meta=meta, salt=uid_salt)
+    written = _write_output(output_path, out, volume, dicom=dicom, target=target, header=header, card=card, salt=uid_salt)
     summary = {
         "input": str(input_path),
         "output": str(output_path),
@@ -348,7 +348,7 @@ def translate_volume(
         "input_warnings": input_warnings,
     }
     sidecar = {k: summary[k] for k in ("source", "target", "units", "modality_check", "input_warnings")}
-    sidecar["model"] = meta.get("model")
+    sidecar["model"] = card.model
     summary["sidecar"] = str(write_sidecar(output_path, dicom, sidecar))
     log.info("translated %s -> %s (%s, %.1f s)", input_path, output_path, summary["units"], summary["seconds"])
     return summary

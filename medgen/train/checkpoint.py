@@ -18,11 +18,12 @@ import torch
 from medgen.io.atomic import TMP_SUFFIX as _TMP_SUFFIX
 from medgen.io.atomic import atomic_write_with
 from medgen.io.torch_load import ModelFileError, safe_load
+from medgen.models import artifact
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FINAL_NAME = "model.pt"
-FORMAT = "medgen-checkpoint"
-FINAL_FORMAT = "medgen-model"
+FINAL_NAME = artifact.FILE_NAME  # the trained model; its layout belongs to medgen.models.artifact
+FORMAT = artifact.CHECKPOINT_FORMAT
+FINAL_FORMAT = artifact.FORMAT
 VERSION = 1
 
 
@@ -66,14 +67,12 @@ def load_checkpoint(path: Path | str, *, map_location: str | torch.device = "cpu
 
 
 #: What each medgen format is called in messages, and what to do when such a file is unusable.
-_KINDS = {FORMAT: "training checkpoint", FINAL_FORMAT: "trained model (model.pt)"}
+#: (``model.pt`` files are read by :mod:`medgen.models.artifact`.)
+_KINDS = {FORMAT: "training checkpoint"}
 _REMEDIES = {
     FORMAT: f"To restart this run from scratch, pass --no-resume or move {CHECKPOINT_NAME} out of the run folder.",
-    FINAL_FORMAT: f"Pass the {FINAL_NAME} that medgen train wrote into its run folder (--out).",
 }
 _WRONG_KIND = {
-    (FORMAT, FINAL_FORMAT): f"is a training checkpoint (the state to resume training from), not a trained model; "
-                            f"pass {FINAL_NAME} from the same run folder (medgen train writes it when training finishes)",
     (FINAL_FORMAT, FORMAT): f"is a trained model ({FINAL_NAME}), not a training checkpoint to resume from; "
                             f"move it out of the run folder or pass --no-resume",
 }

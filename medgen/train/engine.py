@@ -30,6 +30,7 @@ from monai.networks.utils import eval_mode
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from medgen.models import artifact
 from medgen.models.base import GenerativeModel
 from medgen.train import checkpoint as ckpt
 from medgen.train import distributed as ddp
@@ -82,11 +83,14 @@ class Trainer:
     """Trains ``model`` on ``dataset`` (items are dicts of tensors/numbers) as set by ``cfg``.
 
     Under ``torchrun`` every rank builds its own Trainer; see :mod:`medgen.train.distributed`
-    for how the ranks are kept in step. Only rank 0 writes files.
+    for how the ranks are kept in step. Only rank 0 writes files. ``card`` describes the model
+    in ``model.pt`` (:mod:`medgen.models.artifact`) and is, as a dict, the checkpoints' config
+    snapshot unless ``config_snapshot`` is given.
     """
 
     def __init__(
-        self, model: GenerativeModel, dataset: Dataset, cfg: TrainConfig, *, config_snapshot: dict | None = None, validator: Validator | None = None
+        self, model: GenerativeModel, dataset: Dataset, cfg: TrainConfig, *, config_snapshot: dict | None = None, validator: Validator | None = None,
+        card: artifact.ModelCard | None = None,
     ) -> None:
         self.cfg = cfg
         self.validator = validator
@@ -119,6 +123,9 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             generator=self._loader_generator,  # keeps iter(loader) from drawing on the global RNG
         )
+        self.card = None if card is None else artifact.ModelCard.from_dict(ckpt.plain(card.to_dict()))
+        if config_snapshot is None and self.card is not None:
+            config_snapshot = self.card.to_dict()
         self.config_snapshot = ckpt.plain(config_snapshot or {})
         self.step = 0  # completed optimisation steps
         self.epoch = 0
@@ -355,24 +362,15 @@ class Trainer:
         ckpt.seed_everything(self.cfg.seed + self.env.rank + 7919 * self.step)
 
     def save_final(self, path: Path | str | None = None) -> Path:
-        """Write ``out_dir/model.pt``: inference weights (EMA if enabled) + config, atomically.
+        """Write ``out_dir/model.pt``: inference weights (EMA if enabled) + the model card, atomically.
 
-        With validation, the weights of the best validated step (``"validation"`` says which)."""
+        With validation, the weights of the best validated step (the card's ``validation`` says which)."""
         weights = self.best["weights"] if self.best is not None else self._inference_weights()
         validation = None if self.best is None else {k: self.best[k] for k in ("key", "step", "value")}
         _refuse_nonfinite(weights, f"model.pt at step {self.step}")
-        state = {
-            "format": ckpt.FINAL_FORMAT,
-            "version": ckpt.VERSION,
-            "step": self.step,
-            "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
-            "ema": self.ema is not None,
-            "model": {k: v.detach().cpu() for k, v in weights.items()},
-            "config": self.config_snapshot,
-            "train_config": ckpt.plain(self.cfg),
-            "validation": validation,
-        }
-        return ckpt.atomic_save(state, path or self.out_dir / ckpt.FINAL_NAME)
+        card = self.card or artifact.ModelCard(model=f"{type(self.model).__module__}.{type(self.model).__qualname__}")
+        card = card.with_training(step=self.step, ema=self.ema is not None, train_config=ckpt.plain(self.cfg), validation=validation)
+        return artifact.save(path or self.out_dir / ckpt.FINAL_NAME, card, weights)
 
 
 # -------------------------------------------------------------------------------------- helpers

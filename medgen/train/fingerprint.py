@@ -8,7 +8,7 @@ extends a finished run from its checkpoint instead of starting over (schedules t
 total continue from their restored state). Device, precision flags and logging intervals are left
 out too: they decide how a run is computed, not what it is trained on.
 
-``checkpoint.pt`` and ``model.pt`` record the fingerprint (in their config snapshot), and
+``checkpoint.pt`` (in its config snapshot) and ``model.pt`` (in its model card) record the fingerprint, and
 :func:`check_run_folder` compares it with the run about to start: a checkpoint of another run is
 either refused with a message that names what differs, or moved aside (``checkpoint.stale-<n>.pt``)
 so that the run starts from scratch. A stale checkpoint is never resumed and never deleted.

@@ -1,17 +1,9 @@
-"""Train one model of one task from preprocessed data, and load trained models back.
+"""Train one model of one task from preprocessed data.
 
 The file a training run leaves for later stages is ``out_dir/model.pt``: EMA weights plus the
-*meta* dictionary below, which is everything sampling and translation need to rebuild the model
-and to return to physical units without the training data::
-
-    {"model": name, "options": {...},                      # build_model(name, **options)
-     "task": {"name", "kind": "generation"|"translation", "source", "target" | "modalities",
-              "condition", "classes"},
-     "data": {"spatial_dims", "slice_axis", "spacing", "size", "patch_size",
-              "preprocess": {"mr_norm", "mr_percentiles", "ct_window"},
-              "mappings": {modality: normalisation mapping (median over training subjects)},
-              "affine": a training subject's preprocessed RAS affine},
-     "medgen_version": ...}
+model card (:class:`medgen.models.artifact.ModelCard`), which holds everything sampling and
+translation need to rebuild the model and to return to physical units without the training
+data. :mod:`medgen.models.artifact` owns that file; this module fills the card.
 """
 
 from __future__ import annotations
@@ -19,21 +11,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from medgen import __version__
 from medgen.data.normalise import is_ct
 from medgen.data.scale_relation import fit_scale_relation
 from medgen.data.splits import read_split
 from medgen.data.tasks import task_dataset, with_augmentation
 from medgen.errors import OptionError
-from medgen.models.base import GenerativeModel
-from medgen.models.registry import MODELS, build_model
+from medgen.models import artifact
+from medgen.models.registry import MODELS, build_model, class_conditions, is_paired, paired_models
 from medgen.train import checkpoint as ckpt
 from medgen.train import fingerprint as fp
 from medgen.train.distributed import env_from_environment
@@ -41,19 +31,6 @@ from medgen.train.engine import TrainConfig, Trainer
 from medgen.train.validation import PairedSlices, TranslationValidator
 
 log = logging.getLogger(__name__)
-
-#: translation models trained on registered pairs; the others see unpaired targets
-PAIRED_MODELS = frozenset({"pix2pix"})
-
-
-@dataclass
-class TrainedModel:
-    """A model ready for inference (eval mode, EMA weights) and its meta dictionary."""
-
-    model: GenerativeModel
-    meta: dict[str, Any]
-    path: Path | None = None
-
 
 def _median_mappings(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str]) -> tuple[dict[str, dict], dict[str, Any]]:
     """Per modality, the training subjects' normalisation with median scale and offset (exact
@@ -81,10 +58,6 @@ def _scale_relation(prep_root: Path, subjects: Sequence[str], source: str, targe
 
 def _task_modalities(task: Mapping[str, Any]) -> list[str]:
     return [task["source"], task["target"]] if task["kind"] == "translation" else list(task["modalities"])
-
-
-#: task conditions that are class labels (a label map is not)
-CLASS_CONDITIONS = frozenset({"modality", "slice_bin", "lesion"})
 
 
 def _fill_shape_options(name: str, options: dict[str, Any], sample: Mapping[str, torch.Tensor], n_classes: int | None) -> dict[str, Any]:
@@ -136,10 +109,10 @@ def _source_context(task: Mapping[str, Any], model_name: str, options: Mapping[s
     channels = int(options.get("in_channels", 1))
     if task["kind"] != "translation" or channels == 1:
         return 0
-    if spatial_dims != 2 or model_name not in PAIRED_MODELS or channels % 2 == 0:
+    if spatial_dims != 2 or not is_paired(model_name) or channels % 2 == 0:
         raise ValueError(
             f"{model_name}: in_channels {channels} asks for a 2.5D source (adjacent slices as channels), which needs a paired 2D "
-            f"model ({', '.join(sorted(PAIRED_MODELS))}, spatial_dims 2) and an odd count (2 x neighbours + 1); use in_channels 1, 3, 5, ..."
+            f"model ({', '.join(sorted(paired_models()))}, spatial_dims 2) and an odd count (2 x neighbours + 1); use in_channels 1, 3, 5, ..."
         )
     return (channels - 1) // 2
 
@@ -180,38 +153,32 @@ def train_task(
     patch_size = options.pop("patch_size", None) if spatial_dims == 3 else None
     context = _source_context(task, model_name, options, spatial_dims)
     dataset = task_dataset(
-        task, prep_root, subjects, model_paired=model_name in PAIRED_MODELS, spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed, context=context
+        task, prep_root, subjects, model_paired=is_paired(model_name), spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed, context=context
     )
     modalities = _task_modalities(task)
     mappings, first = _median_mappings(prep_root, subjects, modalities)
     classes = getattr(dataset, "classes", None)
     if extra_manifests:
         dataset = with_augmentation(dataset, extra_manifests, mappings, classes or modalities)
-    n_classes = len(classes) if classes and task.get("condition") in CLASS_CONDITIONS else None
+    n_classes = len(classes) if classes and task.get("condition") in class_conditions() else None
     options = _fill_shape_options(model_name, options, dataset[0], n_classes)
     ckpt.seed_everything(train_cfg.seed)  # the initial weights are a function of the seed
     model = build_model(model_name, **options)
-    meta = {
-        "model": model_name,
-        "options": options,
-        "task": {**dict(task), "classes": classes},
-        "data": {
-            "spatial_dims": spatial_dims,
-            "slice_axis": 2,
-            "spacing": first["geometry"]["spacing"],
-            "size": first["geometry"]["size"],
-            "patch_size": list(patch_size) if patch_size else None,
-            "preprocess": {k: first["config"][k] for k in ("mr_norm", "mr_percentiles", "ct_window")},
-            "mappings": mappings,
-            "affine": first["geometry"]["affine"],
-            "train_subjects": list(subjects),
-            "extra_manifests": [str(m) for m in extra_manifests],
-        },
-        "medgen_version": __version__,
+    data: dict[str, Any] = {
+        "spatial_dims": spatial_dims,
+        "slice_axis": 2,
+        "spacing": first["geometry"]["spacing"],
+        "size": first["geometry"]["size"],
+        "patch_size": list(patch_size) if patch_size else None,
+        "preprocess": {k: first["config"][k] for k in ("mr_norm", "mr_percentiles", "ct_window")},
+        "mappings": mappings,
+        "affine": first["geometry"]["affine"],
+        "train_subjects": list(subjects),
+        "extra_manifests": [str(m) for m in extra_manifests],
     }
     if task["kind"] == "translation" and not is_ct(task["source"]) and not is_ct(task["target"]):
-        meta["data"]["scale_relation"] = _scale_relation(prep_root, subjects, task["source"], task["target"])
-    meta["fingerprint"] = fp.run_fingerprint(
+        data["scale_relation"] = _scale_relation(prep_root, subjects, task["source"], task["target"])
+    fingerprint = fp.run_fingerprint(
         model=model_name,
         options=options,
         task=task,
@@ -221,6 +188,10 @@ def train_task(
         training=dataclasses.asdict(train_cfg),
         extra_data={str(m): fp.file_sha256(m) for m in extra_manifests},
     )
+    card = artifact.ModelCard(
+        model=model_name, options=options, task={**dict(task), "classes": classes}, data=data,  # type: ignore[typeddict-item]
+        versions=artifact.versions(), seed=train_cfg.seed, fingerprint=fingerprint,
+    )
     is_main = env_from_environment().is_main
     if restart:
         if is_main and (Path(train_cfg.out_dir) / ckpt.CHECKPOINT_NAME).exists():
@@ -228,10 +199,10 @@ def train_task(
             log.info("--restart: moved the previous run's files in %s aside (*.stale-%d.*)", train_cfg.out_dir, n)
         resume = False
     elif resume:
-        resume = fp.check_run_folder(train_cfg.out_dir, meta["fingerprint"], on_mismatch=on_mismatch, is_main=is_main)
+        resume = fp.check_run_folder(train_cfg.out_dir, card.fingerprint, on_mismatch=on_mismatch, is_main=is_main)
     log.info("training %s on task %s: %d items from %d subjects", model_name, task.get("name"), len(dataset), len(subjects))
     validator = _translation_validator(task, prep_root, split.get("val", []), mappings, spatial_dims, patch_size, train_cfg, context)
-    trainer = Trainer(model, dataset, train_cfg, config_snapshot=meta, validator=validator)
+    trainer = Trainer(model, dataset, train_cfg, card=card, validator=validator)
     trainer.fit(resume=resume)
     return trainer.save_final()
 
@@ -248,16 +219,3 @@ def _translation_validator(
         return None
     pairs = PairedSlices(prep_root, subjects, task["source"], task["target"], spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed, context=context)
     return TranslationValidator(pairs, target=task["target"], target_mapping=mappings[task["target"]])
-
-
-def load_trained(path: Path | str, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild a model from ``model.pt`` (weights-only load) in eval mode on ``device``."""
-    path = Path(path)
-    state = ckpt.load_checkpoint(path, map_location=device, expect=ckpt.FINAL_FORMAT)
-    meta = state["config"]
-    if not meta or "model" not in meta:
-        raise ckpt.CheckpointError(f"{path}: holds no model description; it was not written by medgen train")
-    model = build_model(meta["model"], **meta["options"])
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    return TrainedModel(model=model, meta=meta, path=path)
