@@ -6,6 +6,7 @@ import sys
 
 import yaml
 
+from medgen.io.discover import SUBJECT_PATTERN
 from medgen.io.secret import DEMO_SECRET, SecretMissing, load_secret
 from pipeline.checks import check_input_data
 from pipeline.config import validate_config
@@ -65,7 +66,7 @@ onstart:
         write_subject_mapping(config["ingest"]["mapping_file"], SUBJECT_SOURCES)
 
 wildcard_constraints:
-    subject=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    subject=SUBJECT_PATTERN,
     task=r"[A-Za-z0-9_-]+",
     model=model_wildcard(),  # a registry model name, with /seed-<n> when the task lists several seeds
 
