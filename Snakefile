@@ -6,6 +6,7 @@ import sys
 
 import yaml
 
+from medgen import layout
 from medgen.io.discover import SUBJECT_PATTERN
 from medgen.io.secret import DEMO_SECRET, SecretMissing, load_secret
 from pipeline.checks import check_input_data
@@ -88,9 +89,9 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
-        f"{RESULTS}/splits.json",
-        f"{RESULTS}/report.html",
+        expand(layout.prep_mapping(RESULTS), subject=SUBJECTS),
+        layout.splits_file(RESULTS),
+        layout.report_html(RESULTS),
     default_target: True
 
 

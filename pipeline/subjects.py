@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from medgen import layout
 from medgen.io.atomic import atomic_write_bytes
 from medgen.io.deid import pseudonymise_subject
 from medgen.io.discover import SUBJECT_RE, ManifestError, ManifestRow, bids_images, bids_subject_dirs
@@ -103,7 +104,7 @@ def ingest_inputs(cfg: Mapping[str, Any], subject: str, sources: Mapping[str, st
     data = cfg["data"]
     original = sources[subject] if sources is not None else subject
     if "phantom" in data:
-        return [f"{cfg['results']}/phantom/dicom/{subject}"]
+        return [layout.phantom_dicom(cfg["results"], subject)]
     if "dicom_root" in data:
         return [str(Path(data["dicom_root"]) / original)]
     if "bids_root" in data:
