@@ -26,7 +26,8 @@ import os
 from pathlib import Path
 from typing import Union
 
-Root = Union[str, "os.PathLike[str]"]
+#: a results folder: a path or its text
+Root = Union[str, os.PathLike]
 
 #: Prefix of a run's seed folder (``pix2pix/seed-1``).
 SEED_FOLDER = "seed-"

@@ -88,7 +88,7 @@ def _manifest_problems(tsv: Path, modalities: list[str]) -> Iterator[str]:
         return
     try:
         rows = read_manifest(tsv)
-    except ManifestError as exc:
+    except ManifestError:
         first = next((line for line in tsv.read_text(encoding="utf-8").splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
         hint = " (columns must be separated by tabs, not spaces)" if first and "\t" not in first else ""
         yield f"{_full(tsv)}: the first line must be the header {chr(9).join(MANIFEST_COLUMNS)!r}{hint}; found {first or 'an empty file'!r}"
