@@ -31,7 +31,7 @@ Root = Union[str, os.PathLike]
 
 #: Prefix of a run's seed folder (``pix2pix/seed-1``).
 SEED_FOLDER = "seed-"
-#: What one ingest run did (converted, skipped, failed, missing), beside the subject's images.
+#: What one subject's ingest did (converted, skipped, failed, missing), beside its images.
 #: Not a modality name: those hold no ``_``.
 INGEST_SUMMARY = "ingest_summary.json"
 

@@ -24,9 +24,11 @@ Naming:
   SeriesInstanceUID, then part (NIfTI: by path); the first keeps ``<name>``, the next become
   ``<name>_run-2``, ``_run-3`` ... and the summary says so.
 
-Nothing in the input is modified; failures of one series or file never stop the others. What
-the run did is written as JSON beside its outputs (:data:`medgen.layout.INGEST_SUMMARY`: in the
-subject's folder with ``subject=``, else in ``out_dir``), for the report and other programs.
+Nothing in the input is modified; failures of one series or file never stop the others. With
+``subject=`` (the workflow's one job per subject), what the run did is also written as JSON in the
+subject's folder (:data:`medgen.layout.INGEST_SUMMARY`), for the report and other programs; its
+messages name inputs by the subject, as the log does. Without ``subject=`` they would name the
+input folders (possibly after the patient), so no summary file is written.
 """
 
 from __future__ import annotations
@@ -560,8 +562,7 @@ def ingest(
     ``subject`` assigns all inputs to one subject (of a manifest, only that subject's rows are
     read: the workflow gives each per-subject job the whole manifest). ``modalities`` must each be found for every
     subject (else listed in ``summary.missing``, exit code 1); other images are still converted.
-    The summary is also written to ``out_dir/<subject>/ingest_summary.json`` (without ``subject``:
-    ``out_dir/ingest_summary.json``).
+    With ``subject``, the summary is also written to ``out_dir/<subject>/ingest_summary.json``.
     Raises FileNotFoundError for an input that does not exist and ValueError for bad options.
     """
     options = replace(options or IngestOptions())
@@ -590,5 +591,6 @@ def ingest(
         summary.missing = _missing(modalities, subjects, summary)
         for line in summary.missing:
             log.warning("missing %s", line)
-    summary.write(out_dir / subject / INGEST_SUMMARY if subject is not None else out_dir / INGEST_SUMMARY)
+    if subject is not None:
+        summary.write(out_dir / subject / INGEST_SUMMARY)
     return summary
