@@ -6,6 +6,8 @@ import sys
 
 import yaml
 
+from medgen import layout
+from medgen.io.discover import SUBJECT_PATTERN
 from medgen.io.secret import DEMO_SECRET, SecretMissing, load_secret
 from pipeline.checks import check_input_data
 from pipeline.config import validate_config
@@ -65,7 +67,7 @@ onstart:
         write_subject_mapping(config["ingest"]["mapping_file"], SUBJECT_SOURCES)
 
 wildcard_constraints:
-    subject=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    subject=SUBJECT_PATTERN,
     task=r"[A-Za-z0-9_-]+",
     model=model_wildcard(),  # a registry model name, with /seed-<n> when the task lists several seeds
 
@@ -87,9 +89,9 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
-        f"{RESULTS}/splits.json",
-        f"{RESULTS}/report.html",
+        expand(layout.prep_mapping(RESULTS), subject=SUBJECTS),
+        layout.splits_file(RESULTS),
+        layout.report_html(RESULTS),
     default_target: True
 
 

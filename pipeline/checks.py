@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import nibabel as nib
 
-from medgen.io.discover import MANIFEST_COLUMNS, bids_entities, is_nifti
+from medgen.io.discover import MANIFEST_COLUMNS, ManifestError, bids_entities, bids_images, bids_subject_dirs, is_nifti, read_manifest
 from medgen.io.ingest import normalise_modality
 
 
@@ -86,26 +86,25 @@ def _manifest_problems(tsv: Path, modalities: list[str]) -> Iterator[str]:
     if not tsv.is_file() or not os.access(tsv, os.R_OK):
         yield f"{_full(tsv)}: manifest missing or not readable"
         return
-    lines = [line for line in tsv.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    header = [c.strip().lower() for c in lines[0].split("\t")] if lines else []
-    if not set(MANIFEST_COLUMNS) <= set(header):
-        hint = " (columns must be separated by tabs, not spaces)" if lines and "\t" not in lines[0] else ""
-        yield f"{_full(tsv)}: the first line must be the header {chr(9).join(MANIFEST_COLUMNS)!r}{hint}; found {lines[0] if lines else 'an empty file'!r}"
+    try:
+        rows = read_manifest(tsv)
+    except ManifestError:
+        first = next((line for line in tsv.read_text(encoding="utf-8").splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
+        hint = " (columns must be separated by tabs, not spaces)" if first and "\t" not in first else ""
+        yield f"{_full(tsv)}: the first line must be the header {chr(9).join(MANIFEST_COLUMNS)!r}{hint}; found {first or 'an empty file'!r}"
         return
-    col = {name: header.index(name) for name in MANIFEST_COLUMNS}
+    except ValueError as exc:  # not UTF-8 text
+        yield str(exc)
+        return
     found: dict[str, set[str]] = defaultdict(set)
-    for number, line in enumerate(lines[1:], start=2):
-        cells = line.split("\t")
-        row = {name: cells[i].strip() if i < len(cells) else "" for name, i in col.items()}
-        if not all(row.values()):
-            yield f"{_full(tsv)} row {number}: needs subject, modality and path separated by tabs; found {line!r}"
+    for row in rows:
+        if not (row.subject and row.modality and row.path):
+            yield f"{_full(tsv)} row {row.number}: needs subject, modality and path separated by tabs; found {row.text!r}"
             continue
-        path = Path(row["path"])
-        path = path if path.is_absolute() else tsv.parent / path
-        problem = _path_problem(path)
+        problem = _path_problem(row.resolve(tsv))
         if problem:
-            yield f"{_full(tsv)} row {number} (subject {row['subject']}, {row['modality']}): {problem}"
-        found[row["subject"]].add(normalise_modality(row["modality"]))
+            yield f"{_full(tsv)} row {row.number} (subject {row.subject}, {row.modality}): {problem}"
+        found[row.subject].add(normalise_modality(row.modality))
     for subject in sorted(found):
         missing = [m for m in modalities if m not in found[subject]]
         if missing:
@@ -113,11 +112,11 @@ def _manifest_problems(tsv: Path, modalities: list[str]) -> Iterator[str]:
 
 
 def _bids_problems(root: Path, modalities: list[str]) -> Iterator[str]:
-    for sub_dir in sorted(p for p in root.glob("sub-*") if p.is_dir()):
+    for sub_dir in bids_subject_dirs(root):
         if not os.access(sub_dir, os.R_OK | os.X_OK):
             yield f"{_full(sub_dir)}: folder not readable (check its permissions)"
             continue
-        files = sorted({*sub_dir.glob("*.nii*"), *sub_dir.glob("anat/*.nii*"), *sub_dir.glob("ses-*/anat/*.nii*")})
+        files = bids_images(sub_dir)[0]
         present = set()
         for path in files:
             problem = nifti_problem(path)

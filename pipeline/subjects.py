@@ -2,7 +2,8 @@
 
 Everything is known when the workflow is parsed (no checkpoints): the phantom's subjects are
 numbered, a DICOM root has one folder per subject, a BIDS-like tree one ``sub-*`` folder each,
-and a manifest lists them.
+and a manifest lists them. BIDS trees and manifests are read by :mod:`medgen.io.discover`, as
+``medgen ingest`` reads them.
 
 Labels carry no identity: a DICOM folder name or a manifest's subject (hospital exports name them
 after the patient) becomes a keyed pseudonym ``sub-<hash>`` (:func:`medgen.io.deid.pseudonymise_subject`
@@ -14,15 +15,14 @@ input for the ingest rule, and :func:`write_subject_mapping` writes that map whe
 
 from __future__ import annotations
 
-import csv
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from medgen import layout
 from medgen.io.atomic import atomic_write_bytes
 from medgen.io.deid import pseudonymise_subject
-
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+from medgen.io.discover import SUBJECT_RE, ManifestError, ManifestRow, bids_images, bids_subject_dirs
+from medgen.io.discover import read_manifest as _read_manifest
 
 #: Keys of ``data`` that name the input source (exactly one is set).
 SOURCE_KEYS = ("phantom", "dicom_root", "bids_root", "manifest")
@@ -34,20 +34,24 @@ def phantom_subjects(n: int) -> list[str]:
 
 
 def _check_label(label: str, origin: str) -> str:
-    if not _LABEL.match(label):
+    if not SUBJECT_RE.match(label):
         raise ValueError(f"{origin}: a subject label must be letters, digits, '-', '_' or '.' (one is not)")
     return label
 
 
-def read_manifest(path: Path) -> list[dict[str, str]]:
-    """Rows of a manifest TSV (columns subject, modality, path; paths relative to the TSV)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    missing = {"subject", "modality", "path"} - set(rows[0] if rows else {})
-    if missing:
-        raise ValueError(f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}")
-    for n, row in enumerate(rows, start=2):
-        _check_label(row["subject"], f"{path} row {n}")
+def read_manifest(path: Path) -> list[ManifestRow]:
+    """Rows of a manifest TSV (:func:`medgen.io.discover.read_manifest`), every subject a valid label.
+
+    Raises ValueError naming the manifest when it has no usable header or a subject is no label;
+    rows without a subject are left to the input checks (:mod:`pipeline.checks`), which name them.
+    """
+    try:
+        rows = _read_manifest(Path(path))
+    except ManifestError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    for row in rows:
+        if row.subject:
+            _check_label(row.subject, f"{path} row {row.number}")
     return rows
 
 
@@ -66,9 +70,8 @@ def _original_labels(cfg: Mapping[str, Any]) -> tuple[list[str], bool]:
         root = Path(data["dicom_root"])
         return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), keep
     if "bids_root" in data:
-        root = Path(data["bids_root"])
-        return sorted(p.name for p in root.glob("sub-*") if p.is_dir()), True
-    return sorted({row["subject"] for row in read_manifest(Path(data["manifest"]))}), keep
+        return [p.name for p in bids_subject_dirs(Path(data["bids_root"]))], True
+    return sorted({row.subject for row in read_manifest(Path(data["manifest"])) if row.subject}), keep
 
 
 def subject_sources(cfg: Mapping[str, Any], secret: str | None) -> dict[str, str]:
@@ -101,12 +104,12 @@ def ingest_inputs(cfg: Mapping[str, Any], subject: str, sources: Mapping[str, st
     data = cfg["data"]
     original = sources[subject] if sources is not None else subject
     if "phantom" in data:
-        return [f"{cfg['results']}/phantom/dicom/{subject}"]
+        return [layout.phantom_dicom(cfg["results"], subject)]
     if "dicom_root" in data:
         return [str(Path(data["dicom_root"]) / original)]
     if "bids_root" in data:
-        folder = Path(data["bids_root"]) / original
-        return sorted(str(p) for p in folder.glob("**/anat/*.nii*"))
+        folder = next(p for p in bids_subject_dirs(Path(data["bids_root"])) if p.name == original)
+        return [str(p) for p in bids_images(folder)[0]]
     # the manifest itself: ingest takes the rows of this subject (it knows each row's modality)
     return [data["manifest"]]
 

@@ -10,6 +10,7 @@ the seed folder (``pix2pix/seed-1``), so that every per-model path gains one lev
 
 The per-task files ``metrics/{task}/baselines.json`` and ``metrics/{task}/downstream.json`` sit
 beside the models' files; the wildcard only matches registry model names, so they never clash.
+Every path is built by :mod:`medgen.layout`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
+from medgen import layout
+from medgen.layout import SEED_FOLDER
 from pipeline.config import TRAIN_KEYS
-
-
-SEED_FOLDER = "seed-"
 
 
 def model_wildcard() -> str:
@@ -44,7 +44,7 @@ def task_models(cfg: dict[str, Any], kind: str | None = None) -> Iterator[tuple[
             for model in spec["models"]:
                 if len(seeds) > 1:
                     for seed in seeds:
-                        yield task, f"{model}/{SEED_FOLDER}{seed}"
+                        yield task, layout.run_name(model, seed)
                 else:
                     yield task, model
 
@@ -90,5 +90,5 @@ def downstream_models(cfg: dict[str, Any], results: str, task: str) -> dict[str,
     out: dict[str, list[str]] = {}
     for t, run in task_models(cfg):
         if t == task:
-            out.setdefault(run_model(run), []).append(f"{results}/models/{task}/{run}/model.pt")
+            out.setdefault(run_model(run), []).append(layout.model_file(results, task, run))
     return out

@@ -9,11 +9,11 @@ _FEATURES = config["eval"]["features"]
 
 rule encoder:
     input:
-        split=f"{RESULTS}/splits.json",
+        split=layout.splits_file(RESULTS),
     output:
-        f"{RESULTS}/eval/encoder.pt",
+        layout.encoder_file(RESULTS),
     params:
-        prep=f"{RESULTS}/prep",
+        prep=layout.prep_dir(RESULTS),
         modalities=" ".join(MODALITIES),
         steps=config["eval"]["encoder_steps"],
         seed=config["train"]["seed"],
@@ -31,15 +31,15 @@ rule encoder:
 
 def _evaluate_inputs(wc):
     spec = config["tasks"][wc.task]
-    inputs = {"split": f"{RESULTS}/splits.json"}
+    inputs = {"split": layout.splits_file(RESULTS)}
     if spec["kind"] == "translation":
-        inputs["synth"] = [f"{RESULTS}/synth/{wc.task}/{wc.model}/{s}.nii.gz" for s in TEST_SUBJECTS]
-        inputs["baselines"] = f"{RESULTS}/metrics/{wc.task}/baselines.json"
+        inputs["synth"] = [layout.translation(RESULTS, wc.task, wc.model, s) for s in TEST_SUBJECTS]
+        inputs["baselines"] = layout.baselines_metrics(RESULTS, wc.task)
     else:
-        inputs["model"] = f"{RESULTS}/models/{wc.task}/{wc.model}/model.pt"
-        inputs["samples"] = f"{RESULTS}/augment/{wc.task}/{wc.model}/manifest.tsv"
+        inputs["model"] = layout.model_file(RESULTS, wc.task, wc.model)
+        inputs["samples"] = layout.samples_manifest(RESULTS, wc.task, wc.model)
         if "encoder" in _FEATURES:
-            inputs["encoder"] = f"{RESULTS}/eval/encoder.pt"
+            inputs["encoder"] = layout.encoder_file(RESULTS)
     return inputs
 
 
@@ -47,8 +47,8 @@ def _evaluate_args(wc, input):
     spec = config["tasks"][wc.task]
     if spec["kind"] == "translation":
         return (
-            f"translation --task-json '{task_json(config, wc.task)}' --pred-dir {RESULTS}/synth/{wc.task}/{wc.model}"
-            f" --nifti-root {RESULTS}/nifti --baselines {input.baselines}"
+            f"translation --task-json '{task_json(config, wc.task)}' --pred-dir {layout.translations_dir(RESULTS, wc.task, wc.model)}"
+            f" --nifti-root {layout.nifti_dir(RESULTS)} --baselines {input.baselines}"
         )
     encoder = f" --encoder {input.encoder}" if "encoder" in _FEATURES else ""
     extractors = json.dumps(config["eval"]["extractors"], sort_keys=True)
@@ -62,11 +62,11 @@ rule evaluate:
     input:
         unpack(_evaluate_inputs),
     output:
-        f"{RESULTS}/metrics/{{task}}/{{model}}.json",
+        layout.metrics_file(RESULTS),
     params:
         args=_evaluate_args,
         name=lambda wc: run_model(wc.model),
-        prep=f"{RESULTS}/prep",
+        prep=layout.prep_dir(RESULTS),
         seed=config["train"]["seed"],
     log:
         f"{RESULTS}/logs/evaluate/{{task}}/{{model}}.log",
@@ -83,9 +83,9 @@ rule evaluate:
 def _baseline_inputs(wc):
     spec = config["tasks"][wc.task]
     return {
-        "split": f"{RESULTS}/splits.json",
-        "prep": expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
-        "nifti": [f"{RESULTS}/nifti/{s}/{m}.nii.gz" for s in TEST_SUBJECTS for m in (spec["source"], spec["target"])],
+        "split": layout.splits_file(RESULTS),
+        "prep": expand(layout.prep_mapping(RESULTS), subject=SUBJECTS),
+        "nifti": [layout.nifti_image(RESULTS, s, m) for s in TEST_SUBJECTS for m in (spec["source"], spec["target"])],
     }
 
 
@@ -95,12 +95,12 @@ rule baselines:
     input:
         unpack(_baseline_inputs),
     output:
-        f"{RESULTS}/metrics/{{task}}/baselines.json",
+        layout.baselines_metrics(RESULTS),
     params:
         task=lambda wc: task_json(config, wc.task),
-        prep=f"{RESULTS}/prep",
-        nifti=f"{RESULTS}/nifti",
-        out_dir=lambda wc: f"{RESULTS}/baselines/{wc.task}",
+        prep=layout.prep_dir(RESULTS),
+        nifti=layout.nifti_dir(RESULTS),
+        out_dir=lambda wc: layout.baselines_dir(RESULTS, wc.task),
         seed=config["train"]["seed"],
     log:
         f"{RESULTS}/logs/baselines/{{task}}.log",
@@ -123,14 +123,14 @@ for _task in downstream_tasks(config):
 # with each model's synthetic (image, label) pairs (medgen.eval.downstream).
 rule downstream:
     input:
-        split=f"{RESULTS}/splits.json",
-        prep=expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
+        split=layout.splits_file(RESULTS),
+        prep=expand(layout.prep_mapping(RESULTS), subject=SUBJECTS),
         models=lambda wc: [p for paths in downstream_models(config, RESULTS, wc.task).values() for p in paths],
     output:
-        f"{RESULTS}/metrics/{{task}}/downstream.json",
+        layout.downstream_metrics(RESULTS),
     params:
         task=lambda wc: task_json(config, wc.task),
-        prep=f"{RESULTS}/prep",
+        prep=layout.prep_dir(RESULTS),
         models=lambda wc: " ".join(f"--model {m}={','.join(p)}" for m, p in downstream_models(config, RESULTS, wc.task).items()),
         d=config["eval"]["downstream"],
         seeds=" ".join(str(s) for s in config["eval"]["downstream"]["seeds"]),

@@ -4,10 +4,10 @@ rule ingest:
     input:
         lambda wc: ingest_inputs(config, wc.subject, SUBJECT_SOURCES),
     output:
-        images=expand(f"{RESULTS}/nifti/{{{{subject}}}}/{{modality}}.nii.gz", modality=MODALITIES),
-        sidecars=expand(f"{RESULTS}/nifti/{{{{subject}}}}/{{modality}}.json", modality=MODALITIES),
+        images=expand(layout.nifti_image(RESULTS, "{{subject}}"), modality=MODALITIES),
+        sidecars=expand(layout.nifti_sidecar(RESULTS, "{{subject}}"), modality=MODALITIES),
     params:
-        out=f"{RESULTS}/nifti",
+        out=layout.nifti_dir(RESULTS),
         opts=config["ingest"],
         modalities=" ".join(MODALITIES),
         # the secret reaches medgen through the environment or this file, never on the command line

@@ -2,10 +2,10 @@
 
 rule phantom:
     output:
-        dicom=directory(f"{RESULTS}/phantom/dicom/{{subject}}"),
-        labels=f"{RESULTS}/phantom/nifti/{{subject}}/labels.nii.gz",
+        dicom=directory(layout.phantom_dicom(RESULTS)),
+        labels=layout.phantom_labels(RESULTS),
     params:
-        out=f"{RESULTS}/phantom",
+        out=layout.phantom_dir(RESULTS),
         cfg=config["data"].get("phantom", {}),
     log:
         f"{RESULTS}/logs/phantom/{{subject}}.log",

@@ -1,9 +1,9 @@
 # Reorient, resample, mask and normalise each subject onto one grid shared by its modalities.
 
 def _preprocess_inputs(wc):
-    inputs = {m: f"{RESULTS}/nifti/{wc.subject}/{m}.nii.gz" for m in MODALITIES}
+    inputs = {m: layout.nifti_image(RESULTS, wc.subject, m) for m in MODALITIES}
     if USE_PHANTOM:
-        inputs["labels"] = f"{RESULTS}/phantom/nifti/{wc.subject}/labels.nii.gz"
+        inputs["labels"] = layout.phantom_labels(RESULTS, wc.subject)
     return inputs
 
 
@@ -11,13 +11,13 @@ rule preprocess:
     input:
         unpack(_preprocess_inputs),
     output:
-        images=expand(f"{RESULTS}/prep/{{{{subject}}}}/{{modality}}.nii.gz", modality=MODALITIES),
-        mask=f"{RESULTS}/prep/{{subject}}/mask.nii.gz",
-        mapping=f"{RESULTS}/prep/{{subject}}/normalisation.json",
-        labels=[f"{RESULTS}/prep/{{subject}}/labels.nii.gz"] if USE_PHANTOM else [],
+        images=expand(layout.prep_image(RESULTS, "{{subject}}"), modality=MODALITIES),
+        mask=layout.prep_mask(RESULTS),
+        mapping=layout.prep_mapping(RESULTS),
+        labels=[layout.prep_labels(RESULTS)] if USE_PHANTOM else [],
     params:
-        indir=lambda wc: f"{RESULTS}/nifti/{wc.subject}",
-        outdir=lambda wc: f"{RESULTS}/prep/{wc.subject}",
+        indir=lambda wc: layout.nifti_subject_dir(RESULTS, wc.subject),
+        outdir=lambda wc: layout.prep_subject_dir(RESULTS, wc.subject),
         p=config["preprocess"],
         modalities=" ".join(MODALITIES),
         labels=lambda wc, input: f"--labels {input.labels}" if "labels" in input.keys() else "",

@@ -5,15 +5,15 @@ from pipeline.targets import downstream_tasks
 
 rule report:
     input:
-        [f"{RESULTS}/metrics/{t}/{m}.json" for t, m in task_models(config)],
-        [f"{RESULTS}/metrics/{t}/downstream.json" for t in downstream_tasks(config)],
-        f"{RESULTS}/splits.json",
+        [layout.metrics_file(RESULTS, t, m) for t, m in task_models(config)],
+        [layout.downstream_metrics(RESULTS, t) for t in downstream_tasks(config)],
+        layout.splits_file(RESULTS),
     output:
-        html=f"{RESULTS}/report.html",
-        table=f"{RESULTS}/metrics.tsv",
+        html=layout.report_html(RESULTS),
+        table=layout.metrics_table(RESULTS),
     params:
         results=RESULTS,
-        config_file=f"{RESULTS}/config.yaml",
+        config_file=layout.config_copy(RESULTS),
     log:
         f"{RESULTS}/logs/report.log",
     resources:

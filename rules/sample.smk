@@ -7,19 +7,19 @@ def _sample_labels(wc):
     if classes is None:
         return ""
     if classes == "label_map":
-        return f"--label-maps-from {RESULTS}/prep {RESULTS}/splits.json"
+        return f"--label-maps-from {layout.prep_dir(RESULTS)} {layout.splits_file(RESULTS)}"
     n = len(config["tasks"][wc.task]["modalities"]) if classes == "modality" else config["tasks"][wc.task]["slice_bins"] if classes == "slice_bin" else 2
     return "--labels " + " ".join(str(i) for i in range(n))
 
 
 rule sample:
     input:
-        model=f"{RESULTS}/models/{{task}}/{{model}}/model.pt",
+        model=layout.model_file(RESULTS),
     output:
-        manifest=f"{RESULTS}/augment/{{task}}/{{model}}/manifest.tsv",
-        grid=f"{RESULTS}/augment/{{task}}/{{model}}/grid.png",
+        manifest=layout.samples_manifest(RESULTS),
+        grid=layout.samples_grid(RESULTS),
     params:
-        out=lambda wc: f"{RESULTS}/augment/{wc.task}/{wc.model}",
+        out=lambda wc: layout.samples_dir(RESULTS, wc.task, wc.model),
         n=lambda wc: config["tasks"][wc.task]["samples"],
         labels=_sample_labels,
         seed=lambda wc: run_seed(config, wc.task, wc.model),

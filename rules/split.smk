@@ -2,12 +2,12 @@
 
 rule split:
     input:
-        expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
+        expand(layout.prep_mapping(RESULTS), subject=SUBJECTS),
     output:
-        f"{RESULTS}/splits.json",
+        layout.splits_file(RESULTS),
     params:
         subjects=" ".join(SUBJECTS),
-        prep=f"{RESULTS}/prep",
+        prep=layout.prep_dir(RESULTS),
         s=config["split"],
         min_mask=config["preprocess"]["min_mask_fraction"],
     log:

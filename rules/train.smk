@@ -14,13 +14,13 @@ _MEDGEN_TRAIN = torchrun_command(python=PYTHON, nodes=_NODES, procs_per_node=max
 
 rule train:
     input:
-        split=f"{RESULTS}/splits.json",
-        prep=expand(f"{RESULTS}/prep/{{subject}}/normalisation.json", subject=SUBJECTS),
+        split=layout.splits_file(RESULTS),
+        prep=expand(layout.prep_mapping(RESULTS), subject=SUBJECTS),
     output:
-        model=f"{RESULTS}/models/{{task}}/{{model}}/model.pt",
+        model=layout.model_file(RESULTS),
     params:
-        prep=f"{RESULTS}/prep",
-        out=lambda wc: f"{RESULTS}/models/{wc.task}/{wc.model}",
+        prep=layout.prep_dir(RESULTS),
+        out=lambda wc: layout.model_dir(RESULTS, wc.task, wc.model),
         task=lambda wc: task_json(config, wc.task),
         name=lambda wc: run_model(wc.model),
         seed=lambda wc: run_seed(config, wc.task, wc.model),

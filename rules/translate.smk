@@ -3,10 +3,10 @@
 
 rule translate:
     input:
-        model=f"{RESULTS}/models/{{task}}/{{model}}/model.pt",
-        image=lambda wc: f"{RESULTS}/nifti/{wc.subject}/{config['tasks'][wc.task]['source']}.nii.gz",
+        model=layout.model_file(RESULTS),
+        image=lambda wc: layout.nifti_image(RESULTS, wc.subject, config["tasks"][wc.task]["source"]),
     output:
-        f"{RESULTS}/synth/{{task}}/{{model}}/{{subject}}.nii.gz",
+        layout.translation(RESULTS),
     log:
         f"{RESULTS}/logs/translate/{{task}}/{{model}}/{{subject}}.log",
     benchmark:

@@ -183,6 +183,28 @@ def test_manifest_with_relative_paths(tmp_path):
     assert by_pseudonym.exit_code == 0 and "P1" not in by_pseudonym.render()
 
 
+def test_summary_is_written_beside_the_outputs_as_json(tmp_path):
+    from medgen.io.ingest import IngestSummary
+    from medgen.layout import ingest_summary
+
+    base = tmp_path / "study"
+    write_nifti(base / "a.nii.gz", volume(seed=1))
+    manifest = base / "manifest.tsv"
+    manifest.write_text("subject\tmodality\tpath\nP1\tT1w\ta.nii.gz\nP1\tCT\tmissing.nii.gz\n")
+    out = tmp_path / "nifti"
+    summary = ingest([manifest], out, subject="P1", modalities=["T1w", "CT"], options=IngestOptions(keep_subject_labels=True))
+    path = Path(ingest_summary(tmp_path, "P1"))
+    written = json.loads(path.read_text())
+    assert written["exit_code"] == 1 and written["missing"] == summary.missing
+    assert written["failed"] == [{"what": "manifest.tsv row 3", "reason": dict(summary.failed)["manifest.tsv row 3"]}]
+    assert [(c["subject"], c["name"], c["source"]) for c in written["converted"]] == [("P1", "T1w", "nifti")]
+    assert str(tmp_path) not in path.read_text()  # no local path
+    assert IngestSummary.from_dict(written).render() == summary.render()
+    # without a subject, messages would name the input folders: no summary file
+    ingest([manifest], tmp_path / "all", options=IngestOptions(keep_subject_labels=True))
+    assert not list((tmp_path / "all").rglob("ingest_summary.json"))
+
+
 def test_manifest_bad_header_fails(tmp_path):
     manifest = tmp_path / "m.tsv"
     manifest.write_text("id,path\n1,x.nii.gz\n")

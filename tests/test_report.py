@@ -24,7 +24,10 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from medgen.report.html import build_report, fmt, png_data_uri, report_main  # noqa: E402
+from medgen.io.ingest import IngestSummary  # noqa: E402
+from medgen.layout import ingest_summary  # noqa: E402
+from medgen.report.format import fmt, png_data_uri  # noqa: E402
+from medgen.report.html import build_report, report_main  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = {
@@ -146,11 +149,8 @@ def make_results_tree(root: Path) -> Path:
     for name in ("T1w", "CT", "mask"):
         _save_nifti(results / "prep" / "sub-01" / f"{name}.nii.gz", _volume(name, rng))
     _write_json(results / "splits.json", {"splits": {"train": ["sub-01"], "val": ["sub-02"], "test": ["sub-03"]}, "seed": 0})
-    log_dir = results / "logs" / "ingest"
-    log_dir.mkdir(parents=True)
-    (log_dir / "sub-01.log").write_text(
-        "ingest: converted 2, skipped 1, failed 1\n  converted dicom/t1 series 3 (MR)\n"
-        "  skipped dicom/sr series 99 (SR): not an image\n  failed dicom/x.dcm: truncated pixel data\n"
+    IngestSummary(skipped=[("dicom/sr series 99 (SR)", "not an image")], failed=[("dicom/x.dcm", "truncated pixel data")]).write(
+        Path(ingest_summary(results, "sub-01"))
     )
     _write_log(results / "models" / "t1w_synthesis" / "gan" / "log.jsonl", ("g_loss", "d_loss"))
     for step in (10, 50):

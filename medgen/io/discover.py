@@ -24,8 +24,10 @@ from typing import Callable, Literal, Sequence
 
 SourceKind = Literal["nifti", "dicom"]
 
-#: Labels that become folder and file names: no path separators, no leading dot.
-SUBJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: A subject label, which becomes a folder and file name: no path separators, no leading dot
+#: (also the workflow's ``{subject}`` wildcard constraint).
+SUBJECT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+SUBJECT_RE = re.compile(rf"^{SUBJECT_PATTERN}$")
 MODALITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
 MANIFEST_COLUMNS = ("subject", "modality", "path")
@@ -112,29 +114,94 @@ def is_bids_root(folder: Path) -> bool:
     return any(p.is_dir() and p.name.startswith("sub-") and _has_nifti(p) for p in folder.iterdir())
 
 
-def _bids_subject_dirs(root: Path) -> list[Path]:
+def bids_subject_dirs(root: Path) -> list[Path]:
+    """The ``sub-*`` folders of a BIDS-like tree, sorted (``root`` itself when it is one)."""
     if root.name.startswith("sub-"):
         return [root]
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("sub-"))
 
 
+def bids_images(sub_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(images, other NIfTI files) of one ``sub-*`` folder, sorted.
+
+    Images lie in ``anat/`` as in BIDS (``sub-*/anat/``, ``sub-*/ses-*/anat/``) or directly in
+    ``sub-*/`` as medgen writes its own outputs; NIfTI files elsewhere (``func/``, ``dwi/``) are not.
+    """
+    images, others = [], []
+    for path in sorted(p for p in sub_dir.rglob("*") if p.is_file() and is_nifti(p)):
+        rel = path.relative_to(sub_dir)
+        ok = len(rel.parts) == 1 or (path.parent.name == "anat" and len(rel.parts) <= 3)
+        (images if ok else others).append(path)
+    return images, others
+
+
 def discover_bids(root: Path, found: Discovery) -> None:
-    """Add the ``anat`` NIfTI files of a BIDS-like tree; other NIfTI files are reported as skipped."""
-    for sub_dir in _bids_subject_dirs(root):
-        for path in sorted(p for p in sub_dir.rglob("*") if p.is_file() and is_nifti(p)):
-            rel = path.relative_to(sub_dir)
-            # anat/ as in BIDS, or directly in sub-*/ as medgen writes its own outputs
-            if not (len(rel.parts) == 1 or (path.parent.name == "anat" and len(rel.parts) <= 3)):
-                found.skipped.append((display_path(path, root), "not in sub-*/[ses-*/]anat/ or sub-*/"))
-                continue
+    """Add the images of a BIDS-like tree (:func:`bids_images`); other NIfTI files are reported as skipped."""
+    for sub_dir in bids_subject_dirs(root):
+        images, others = bids_images(sub_dir)
+        found.skipped += [(display_path(path, root), "not in sub-*/[ses-*/]anat/ or sub-*/") for path in others]
+        for path in images:
             _, modality = bids_entities(path)
             found.sources.append(Source("nifti", path, root, subject=sub_dir.name, modality=modality))
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read as a table (empty, or a header without the needed columns)."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One data row of a manifest, its cells stripped (empty when the row lacks them)."""
+
+    number: int  # "row <n>" in messages: the header is row 1; blank and comment lines are not counted
+    subject: str
+    modality: str
+    path: str
+    text: str  # the row as written (its cells joined by tabs), for messages
+
+    def resolve(self, tsv: Path) -> Path:
+        """The row's path, relative to the manifest's folder unless absolute."""
+        path = Path(self.path)
+        return path if path.is_absolute() else Path(tsv).parent / path
+
+
+def read_manifest(tsv: Path) -> list[ManifestRow]:
+    """The data rows of a manifest TSV (see the module docstring).
+
+    Blank lines and lines starting with ``#`` are skipped; header names are matched without
+    regard to case or surrounding spaces, and other columns are ignored. Raises
+    :class:`ManifestError` for an empty manifest or a header that lacks a needed column, and
+    :class:`medgen.errors.CorruptFileError` for a file that is not UTF-8 text.
+    """
+    try:
+        with Path(tsv).open(newline="", encoding="utf-8") as fh:
+            lines = [row for row in csv.reader(fh, delimiter="\t") if row and any(c.strip() for c in row)]
+    except UnicodeDecodeError as exc:
+        from medgen.errors import CorruptFileError
+
+        raise CorruptFileError(f"{tsv}: the manifest is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as tab-separated UTF-8 text") from None
+    lines = [row for row in lines if not row[0].lstrip().startswith("#")]
+    if not lines:
+        raise ManifestError("manifest is empty")
+    header = [c.strip().lower() for c in lines[0]]
+    missing = [name for name in MANIFEST_COLUMNS if name not in header]
+    if missing:
+        raise ManifestError(
+            f"manifest lacks column(s) {', '.join(missing)}: its header must have tab-separated columns "
+            f"{', '.join(MANIFEST_COLUMNS)}; found {header}"
+        )
+    col = {name: header.index(name) for name in MANIFEST_COLUMNS}
+    rows = []
+    for number, cells in enumerate(lines[1:], start=2):
+        values = {name: (cells[i].strip() if i < len(cells) else "") for name, i in col.items()}
+        rows.append(ManifestRow(number, values["subject"], values["modality"], values["path"], "\t".join(cells)))
+    return rows
 
 
 def discover_manifest(
     tsv: Path, found: Discovery, *, subject: str | None = None, label_of: Callable[[str], str] | None = None
 ) -> None:
-    """Add the rows of a manifest TSV (``subject``, ``modality``, ``path``); bad rows are failed.
+    """Add the rows of a manifest TSV (:func:`read_manifest`); bad rows are failed.
 
     ``label_of`` turns a row's subject into the label medgen uses (a pseudonym); with ``subject``,
     only the rows whose subject or label is ``subject`` are taken: the workflow runs one ingest
@@ -142,39 +209,25 @@ def discover_manifest(
     by their path (which may hold a name).
     """
     label_of = label_of or (lambda label: label)
-    base = tsv.parent
     try:
-        with tsv.open(newline="", encoding="utf-8") as fh:
-            rows = [row for row in csv.reader(fh, delimiter="\t") if row and any(c.strip() for c in row)]
-    except UnicodeDecodeError as exc:
-        from medgen.errors import CorruptFileError
-
-        raise CorruptFileError(f"{tsv}: the manifest is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as tab-separated UTF-8 text") from None
-    rows = [row for row in rows if not row[0].lstrip().startswith("#")]
-    if not rows:
-        found.failed.append((tsv.name, "manifest is empty"))
+        rows = read_manifest(tsv)
+    except ManifestError as exc:
+        found.failed.append((tsv.name, str(exc)))
         return
-    header = [c.strip().lower() for c in rows[0]]
-    if not set(MANIFEST_COLUMNS) <= set(header):
-        found.failed.append((tsv.name, f"manifest header must have tab-separated columns {', '.join(MANIFEST_COLUMNS)}; found {header}"))
-        return
-    col = {name: header.index(name) for name in MANIFEST_COLUMNS}
-    for line_no, row in enumerate(rows[1:], start=2):
-        what = f"{tsv.name} row {line_no}"
-        values = {name: (row[i].strip() if i < len(row) else "") for name, i in col.items()}
-        label = label_of(values["subject"]) if values["subject"] else ""
-        if subject is not None and values["subject"] and subject not in (values["subject"], label):
+    for row in rows:
+        what = f"{tsv.name} row {row.number}"
+        label = label_of(row.subject) if row.subject else ""
+        if subject is not None and row.subject and subject not in (row.subject, label):
             continue  # another job's row
-        if not all(values.values()):
+        if not (row.subject and row.modality and row.path):
             found.failed.append((what, "needs subject, modality and path"))
             continue
-        path = Path(values["path"])
-        path = path if path.is_absolute() else base / path
+        path = row.resolve(tsv)
         if not path.exists():
             found.failed.append((what, "the file or folder in its path column does not exist (paths are relative to the manifest's folder)"))
             continue
         kind: SourceKind = "nifti" if path.is_file() and is_nifti(path) else "dicom"
-        found.sources.append(Source(kind, path, path, subject=label, modality=values["modality"], display_root=what))
+        found.sources.append(Source(kind, path, path, subject=label, modality=row.modality, display_root=what))
 
 
 def discover(

@@ -24,7 +24,11 @@ Naming:
   SeriesInstanceUID, then part (NIfTI: by path); the first keeps ``<name>``, the next become
   ``<name>_run-2``, ``_run-3`` ... and the summary says so.
 
-Nothing in the input is modified; failures of one series or file never stop the others.
+Nothing in the input is modified; failures of one series or file never stop the others. With
+``subject=`` (the workflow's one job per subject), what the run did is also written as JSON in the
+subject's folder (:data:`medgen.layout.INGEST_SUMMARY`), for the report and other programs; its
+messages name inputs by the subject, as the log does. Without ``subject=`` they would name the
+input folders (possibly after the patient), so no summary file is written.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from medgen.io.discover import MODALITY_RE, SUBJECT_RE, Discovery, Source, disco
 from medgen.io.redact import Redactor, redacting_logs
 from medgen.io.secret import load_secret
 from medgen.io.nifti import NiftiError, load_nifti, save_nifti
+from medgen.layout import INGEST_SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +139,32 @@ class IngestSummary:
     def exit_code(self) -> int:
         """0, unless a requested modality is missing or nothing was converted (1)."""
         return 1 if self.missing or not self.converted else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as plain data: each converted image without its local paths (its file is
+        ``<subject>/<name>.nii.gz`` under the output folder); skipped and failed as {what, reason}."""
+        local = ("output", "sidecar")
+        return {
+            "medgen_version": __version__,
+            "exit_code": self.exit_code,
+            "converted": [{k: v for k, v in item.items() if k not in local} for item in self.converted],
+            "skipped": [{"what": what, "reason": reason} for what, reason in self.skipped],
+            "failed": [{"what": what, "reason": reason} for what, reason in self.failed],
+            "missing": list(self.missing),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IngestSummary":
+        """The summary that :meth:`to_dict` gave (as read back from its JSON file)."""
+
+        def pairs(key: str) -> list[tuple[str, str]]:
+            return [(str(i.get("what", "")), str(i.get("reason", ""))) for i in data.get(key) or [] if isinstance(i, dict)]
+
+        return cls(converted=list(data.get("converted") or []), skipped=pairs("skipped"), failed=pairs("failed"), missing=list(data.get("missing") or []))
+
+    def write(self, path: Path) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path``, atomically."""
+        return atomic_write_json(path, self.to_dict())
 
 
 @dataclass
@@ -531,6 +562,7 @@ def ingest(
     ``subject`` assigns all inputs to one subject (of a manifest, only that subject's rows are
     read: the workflow gives each per-subject job the whole manifest). ``modalities`` must each be found for every
     subject (else listed in ``summary.missing``, exit code 1); other images are still converted.
+    With ``subject``, the summary is also written to ``out_dir/<subject>/ingest_summary.json``.
     Raises FileNotFoundError for an input that does not exist and ValueError for bad options.
     """
     options = replace(options or IngestOptions())
@@ -559,4 +591,6 @@ def ingest(
         summary.missing = _missing(modalities, subjects, summary)
         for line in summary.missing:
             log.warning("missing %s", line)
+    if subject is not None:
+        summary.write(out_dir / subject / INGEST_SUMMARY)
     return summary
