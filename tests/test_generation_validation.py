@@ -93,6 +93,23 @@ def test_class_conditional_models_sample_every_class_in_turn():
     assert seen == [0, 1, 0, 1, 0, 1]
 
 
+def test_label_map_models_sample_from_the_validation_label_maps_in_turn():
+    seen = []
+
+    class FromMaps(Constant):
+        def sample(self, n, *, labels=None, temperature=1.0):
+            seen.extend(int(m.max()) for m in labels)
+            return super().sample(n)
+
+    maps = np.stack([np.full((1, 4, 4), k) for k in (1, 2, 3)])
+    task = {**TASK, "condition": "label_map"}
+    validator = GenerationValidator(np.zeros((5, 4, 4), np.float32), _mean_features, task, {"T1w": MAPPING}, n=5, label_maps=maps)
+    validator(FromMaps(0.0))
+    assert seen == [1, 2, 3, 1, 2]
+    with pytest.raises(ValueError, match="label maps"):
+        GenerationValidator(np.zeros((5, 4, 4), np.float32), _mean_features, task, {"T1w": MAPPING})
+
+
 class Images(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 8

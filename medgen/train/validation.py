@@ -119,8 +119,8 @@ class GenerationValidator:
     them (:func:`medgen.synth.sample._draw`: every class cycled for a class-conditional model,
     ``label_maps`` cycled for a label-map model) from a fixed ``seed`` outside the training's
     random stream, so that the values of different steps compare; each channel is one image, taken
-    through its modality's mapping and back (the clipping a written sample gets). ``n`` is at most
-    the number of real slices. FD with N <= F is regularised (``fid_from_features``), the same
+    through its modality's mapping and back (the clipping a written sample gets), and the first
+    ``n`` images are scored. ``n`` is at most the number of real slices. FD with N <= F is regularised (``fid_from_features``), the same
     at every step.
     """
 
