@@ -162,6 +162,7 @@ def _train(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         on_mismatch=args.on_mismatch,
         restart=args.restart,
+        encoder=args.encoder,
     )
     print(f"train: {args.model} -> {path}")
     return 0
@@ -376,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=0.999, help="<= 0 disables the EMA")
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--val-every", type=int, default=0, help="translation: validation MAE every N steps; model.pt holds the best (0: none, last weights)")
+    p.add_argument("--encoder", type=Path, default=None, help="generation: study encoder (medgen encoder); with --val-every, FD on the validation split picks model.pt")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms where torch has them (see medgen.train.determinism)")
     p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")

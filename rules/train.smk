@@ -12,10 +12,19 @@ _NODES = config["train"].get("nodes", 1)
 _MEDGEN_TRAIN = torchrun_command(python=PYTHON, nodes=_NODES, procs_per_node=max(_GPUS, 1), rdzv_id="medgen-{wildcards.task}-{wildcards.model}")
 
 
+def _validation_encoder(wc):
+    """The study encoder for a generation model that validates (FD on the validation split in its
+    space picks model.pt), when the study evaluates in that space; else nothing. The encoder rule
+    reads only the split and the preprocessed training subjects, so this adds no cycle."""
+    validates = train_setting(config, wc.task, wc.model, "val_every") > 0 and "encoder" in config["eval"]["features"]
+    return [layout.encoder_file(RESULTS)] if config["tasks"][wc.task]["kind"] == "generation" and validates else []
+
+
 rule train:
     input:
         split=layout.splits_file(RESULTS),
         prep=expand(layout.prep_mapping(RESULTS), subject=SUBJECTS),
+        encoder=_validation_encoder,
     output:
         model=layout.model_file(RESULTS),
     params:
@@ -27,6 +36,7 @@ rule train:
         options=lambda wc: model_options_json(config, wc.task, wc.model),
         steps=lambda wc: train_setting(config, wc.task, wc.model, "steps"),
         val_every=lambda wc: train_setting(config, wc.task, wc.model, "val_every"),
+        encoder=lambda wc, input: f" --encoder {input.encoder}" if input.encoder else "",
         batch=lambda wc: train_setting(config, wc.task, wc.model, "batch_size"),
         t=config["train"],
         flags=("" if config["train"]["amp"] else " --no-amp") + (" --compile" if config["train"]["compile"] else "")
@@ -48,4 +58,4 @@ rule train:
         " --model {params.name} --options-json {params.options:q} --out {params.out}"
         " --steps {params.steps} --batch-size {params.batch} --seed {params.seed} --device {params.t[device]}"
         " --ckpt-every {params.t[ckpt_every]} --log-every {params.t[log_every]} --image-every {params.t[image_every]}"
-        " --ema-decay {params.t[ema_decay]} --val-every {params.val_every}{params.flags} --on-mismatch restart > {log} 2>&1"
+        " --ema-decay {params.t[ema_decay]} --val-every {params.val_every}{params.encoder}{params.flags} --on-mismatch restart > {log} 2>&1"

@@ -216,11 +216,18 @@ def held_out_label_maps(prep_root: Path, split_path: Path, modalities: Sequence[
     """Tissue label maps (M, 1, H, W) of the test split's slices, to condition label-map models
     on anatomy they were not trained on (slices chosen by the training threshold
     ``min_mask_fraction``, default :data:`medgen.data.datasets.MIN_MASK_FRACTION`)."""
-    from medgen.data.datasets import MIN_MASK_FRACTION, SliceDataset
     from medgen.data.splits import read_split
 
+    return slice_label_maps(prep_root, read_split(split_path)["test"], modalities, min_mask_fraction)
+
+
+def slice_label_maps(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str], min_mask_fraction: float | None = None) -> np.ndarray:
+    """Tissue label maps (M, 1, H, W) of ``subjects``' slices whose head mask covers
+    ``min_mask_fraction`` (default :data:`medgen.data.datasets.MIN_MASK_FRACTION`)."""
+    from medgen.data.datasets import MIN_MASK_FRACTION, SliceDataset
+
     fraction = MIN_MASK_FRACTION if min_mask_fraction is None else min_mask_fraction
-    ds = SliceDataset(prep_root, read_split(split_path)["test"], list(modalities), labels=True, min_mask_fraction=fraction)
+    ds = SliceDataset(prep_root, list(subjects), list(modalities), labels=True, min_mask_fraction=fraction)
     return np.stack([ds[i]["labels"].numpy() for i in range(len(ds))])
 
 

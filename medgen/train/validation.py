@@ -10,18 +10,29 @@ registered ground truth of the validation subjects, inside their head masks: in 
 network output taken back through the training cohort's CT mapping, which is the fixed HU
 window and therefore exact) and on the normalised scale for MR (the scale the preprocessed
 target is stored on, the one the evaluation's MR metrics use).
+
+:class:`GenerationValidator` scores a generation model by the Fréchet distance, in the study's
+in-domain encoder space (:mod:`medgen.eval.encoder`), between a fixed-seed set of its samples and
+the real slices of the validation subjects, chosen as the evaluation chooses the test slices.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medgen.data.tasks import TranslationDataset
-from medgen.data.normalise import invert_normalisation, is_ct
+from medgen.data.normalise import apply_normalisation, invert_normalisation, is_ct
+from medgen.eval.distribution import fid_from_features
+
+log = logging.getLogger(__name__)
 
 
 class Validator(Protocol):
@@ -91,3 +102,99 @@ class TranslationValidator:
         if count == 0:
             raise ValueError("the validation masks are empty: no voxel to score")
         return {self.key: abs_sum / count}
+
+
+#: samples drawn per generation validation (fewer when the validation split has fewer slices)
+VAL_SAMPLES = 64
+#: at most this many real validation slices (a seeded subset, as the evaluation's ``max_real``)
+VAL_MAX_REAL = 256
+
+
+class GenerationValidator:
+    """Fréchet distance between ``n`` samples of ``model.sample`` and real slices, in a feature space.
+
+    ``real``: real slices (M, H, W) on the normalised scale; their features are computed once
+    here. ``features``: images (N, H, W) -> (N, F) float64, e.g.
+    :class:`medgen.eval.encoder.EncoderFeatures`. Samples are drawn as ``medgen sample`` draws
+    them (:func:`medgen.synth.sample._draw`: every class cycled for a class-conditional model,
+    ``label_maps`` cycled for a label-map model) from a fixed ``seed`` outside the training's
+    random stream, so that the values of different steps compare; each channel is one image, taken
+    through its modality's mapping and back (the clipping a written sample gets), and the first
+    ``n`` images are scored. ``n`` is at most the number of real slices. FD with N <= F is regularised (``fid_from_features``), the same
+    at every step.
+    """
+
+    key = "val/fd"
+
+    def __init__(
+        self, real: np.ndarray, features: Callable[[np.ndarray], np.ndarray], task: Mapping[str, Any], mappings: Mapping[str, Mapping], *,
+        n: int = VAL_SAMPLES, seed: int = 0, temperature: float = 1.0, batch_size: int = 16, label_maps: np.ndarray | None = None,
+    ) -> None:
+        from medgen.synth.sample import _labels_for
+
+        if len(real) < 2:
+            raise ValueError(f"the validation split has {len(real)} usable slice(s); FD needs at least 2")
+        self.features, self.task, self.mappings = features, task, mappings
+        self.real_features = features(real)
+        self.n = max(2, min(int(n), len(real)))
+        self.seed, self.temperature, self.batch_size = int(seed), float(temperature), int(batch_size)
+        if task.get("condition") == "label_map":
+            if label_maps is None or len(label_maps) == 0:
+                raise ValueError("a label-map model needs the validation slices' label maps to sample from")
+            self.labels: list[Any] = [None] * self.n
+            self.conditions: list[Any] = [torch.as_tensor(np.asarray(label_maps[i % len(label_maps)]), dtype=torch.long) for i in range(self.n)]
+        else:
+            self.labels = self.conditions = _labels_for(dict(task), self.n, None)
+
+    def images(self, model: torch.nn.Module) -> np.ndarray:
+        """The ``n`` sampled images (n, H, W) on the normalised scale, as the evaluation reads them."""
+        from medgen.synth.sample import _channel_modalities, _draw
+
+        samples = _draw(model, self.conditions, temperature=self.temperature, seed=self.seed, batch_size=self.batch_size).numpy()
+        out = []
+        for sample, label in zip(samples, self.labels):
+            for channel, modality in zip(sample, _channel_modalities(dict(self.task), label, sample.shape[0])):
+                mapping = self.mappings[modality]
+                out.append(apply_normalisation(invert_normalisation(channel, mapping), mapping))
+        return np.stack(out[: self.n])
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        """``{"val/fd": FD}``; NaN (never the best) when the model keeps sampling NaN/inf."""
+        try:
+            fake = self.features(self.images(model))
+        except FloatingPointError:
+            return {self.key: math.nan}
+        if not np.isfinite(fake).all():
+            return {self.key: math.nan}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # N <= F: regularised alike at every step
+            return {self.key: fid_from_features(self.real_features, fake)}
+
+
+def generation_validator(
+    task: Mapping[str, Any], prep_root: Path, subjects: Sequence[str], mappings: Mapping[str, Mapping], encoder: Path | str, *,
+    val_every: int, spatial_dims: int = 2, seed: int = 0, n: int = VAL_SAMPLES, max_real: int = VAL_MAX_REAL,
+) -> GenerationValidator | None:
+    """FD in the encoder space (weights file ``encoder``) against the validation ``subjects``' slices:
+    each modality of every slice whose head mask covers the task's ``min_mask_fraction``, a
+    seeded subset of ``max_real`` (:func:`medgen.eval.run._slices`, as the evaluation's test slices).
+
+    None (model.pt holds the last weights) without ``val_every``, without validation subjects, or
+    for a 3D model (the encoder sees 2D slices). ``task`` is the trained model's (with ``classes``).
+    """
+    if val_every <= 0:
+        return None
+    if not subjects or spatial_dims != 2:
+        log.warning("no generation validation (%s): model.pt holds the last weights",
+                    "the split has no validation subjects" if not subjects else "the encoder scores 2D slices, this model is 3D")
+        return None
+    from medgen.data.datasets import MIN_MASK_FRACTION
+    from medgen.eval.encoder import EncoderFeatures
+    from medgen.eval.run import _slices
+    from medgen.synth.sample import slice_label_maps
+
+    modalities = list(task["modalities"])
+    fraction = float(task.get("min_mask_fraction", MIN_MASK_FRACTION))
+    real = _slices(Path(prep_root), subjects, modalities, max_real, seed, min_mask_fraction=fraction, split="validation")
+    maps = slice_label_maps(Path(prep_root), subjects, modalities[:1], fraction) if task.get("condition") == "label_map" else None
+    return GenerationValidator(real, EncoderFeatures(encoder), task, mappings, n=n, seed=seed, label_maps=maps)
