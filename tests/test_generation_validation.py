@@ -15,10 +15,10 @@ from medgen.data.datasets import SliceDataset
 from medgen.data.splits import read_split
 from medgen.eval.distribution import fid_from_features
 from medgen.eval.encoder import train_encoder
+from medgen.models import artifact
 from medgen.models.base import GenerativeModel
 from medgen.train import checkpoint as ckpt
 from medgen.train.engine import TrainConfig, Trainer
-from medgen.train.run import load_trained
 from medgen.train.validation import GenerationValidator, generation_validator
 
 TASK = {"name": "t1", "kind": "generation", "modalities": ["T1w"]}
@@ -126,9 +126,9 @@ def test_model_pt_holds_the_weights_of_the_lowest_fd_not_the_last(tmp_path):
     validator = GenerationValidator(real, _mean_features, TASK, {"T1w": MAPPING}, n=32)
     cfg = TrainConfig(out_dir=tmp_path, max_steps=8, batch_size=4, ckpt_every=4, log_every=4, image_every=0, ema_decay=None, val_every=1)
     Trainer(Constant(-1.0, lr=0.25), Images(), cfg, validator=validator).fit()
-    final = ckpt.load_checkpoint(tmp_path / ckpt.FINAL_NAME, expect=ckpt.FINAL_FORMAT)
-    assert final["validation"]["step"] == 4 and final["validation"]["key"] == "val/fd"
-    assert float(final["model"]["c"]) == pytest.approx(0.0, abs=1e-6)
+    card, weights = artifact.read(tmp_path / ckpt.FINAL_NAME)
+    assert card.validation["step"] == 4 and card.validation["key"] == "val/fd"
+    assert float(weights["c"]) == pytest.approx(0.0, abs=1e-6)
     fd = {r["step"]: r["val/fd"] for r in _log(tmp_path) if "val/fd" in r}
     assert sorted(fd) == list(range(1, 9)) and min(fd, key=fd.get) == 4
     # only the mean feature moves: (1 + e - m)^2 - (e - m)^2 = 1 + 2 (e - m), e and m the noise's and the real slices' means
@@ -153,13 +153,13 @@ def test_generation_training_with_an_encoder_keeps_the_best_validated_weights(ti
     assert [r["step"] for r in records] == [2, 4, 6]
     assert all(np.isfinite(r["val/fd"]) and r["val/fd"] >= 0 for r in records)
     best = min(records, key=lambda r: r["val/fd"])
-    final = ckpt.load_checkpoint(out / ckpt.FINAL_NAME, expect=ckpt.FINAL_FORMAT)
-    assert final["validation"]["key"] == "val/fd" and final["validation"]["step"] == best["step"]
+    card = artifact.read_card(out / ckpt.FINAL_NAME)
+    assert card.validation["key"] == "val/fd" and card.validation["step"] == best["step"]
     assert records[-1]["val/fd_best"] == pytest.approx(best["val/fd"])
     # model.pt's weights score the logged best again with a validator built the same way
-    trained = load_trained(out / "model.pt")
+    trained = artifact.load(out / "model.pt")
     split = read_split(tiny_cohort["split"])
-    validator = generation_validator(trained.meta["task"], tiny_cohort["prep"], split["val"], trained.meta["data"]["mappings"], encoder, val_every=2)
+    validator = generation_validator(trained.card.task, tiny_cohort["prep"], split["val"], trained.card.data["mappings"], encoder, val_every=2)
     assert validator(trained.model)["val/fd"] == pytest.approx(best["val/fd"], rel=1e-6)
     # the real validation slices are those the evaluation would choose, and FD is fid_from_features'
     assert validator.n == min(64, len(validator.real_features))
@@ -175,4 +175,4 @@ def test_without_an_encoder_generation_training_is_not_validated(tiny_cohort, tm
     )
     assert code == 0
     assert not [r for r in _log(tmp_path) if "val/fd" in r]
-    assert ckpt.load_checkpoint(tmp_path / ckpt.FINAL_NAME, expect=ckpt.FINAL_FORMAT)["validation"] is None
+    assert artifact.read_card(tmp_path / ckpt.FINAL_NAME).validation is None
