@@ -1,10 +1,10 @@
-"""Plots for the HTML report: training loss curves, translation panels, timing bars."""
+"""Plots for the HTML report: training loss and validation curves, translation panels, timing bars."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import matplotlib
 
@@ -14,6 +14,9 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from medgen.io.atomic import atomic_write_with  # noqa: E402
+
+if TYPE_CHECKING:
+    from medgen.report.validation import Curve
 
 #: resolution of every figure the report draws
 DPI = 100
@@ -65,6 +68,47 @@ def loss_curves(records: Sequence[Mapping[str, Any]], out_png: Path, *, title: s
     ax.set_ylabel("loss")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, frameon=False, ncol=min(len(terms), 4))
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, out_png)
+
+
+def draw_validation(ax: plt.Axes, curves: Sequence["Curve"], baselines: Mapping[str, float] | None = None, *, ylabel: str = "validation score") -> None:
+    """Each run's curve in its model's colour (the seeds of a model as thin lines of one colour), a
+    star at the step ``model.pt`` holds, and a horizontal line per baseline level. Artists carry a
+    ``gid``: ``curve:<run>``, ``chosen:<run>``, ``baseline:<label>``."""
+    models = list(dict.fromkeys(c.model for c in curves))
+    colours = {m: f"C{i % 10}" for i, m in enumerate(models)}
+    runs_of = {m: sum(c.model == m for c in curves) for m in models}
+    labelled: set[str] = set()
+    for curve in curves:
+        several = runs_of[curve.model] > 1
+        label = "_nolegend_" if curve.model in labelled else curve.model + (f" ({runs_of[curve.model]} seeds)" if several else "")
+        labelled.add(curve.model)
+        ax.plot(curve.steps, curve.values, color=colours[curve.model], linewidth=1.0 if several else 1.5, alpha=0.7 if several else 1.0,
+                marker="." if len(curve.steps) < 30 else None, label=label, gid=f"curve:{curve.run}")
+    chosen = [c for c in curves if c.chosen is not None]
+    for i, curve in enumerate(chosen):
+        step, value = curve.chosen  # type: ignore[misc]
+        ax.plot([step], [value], linestyle="none", marker="*", markersize=12, color=colours[curve.model], markeredgecolor="black",
+                label="step model.pt holds" if i == 0 else "_nolegend_", gid=f"chosen:{curve.run}")
+    for (label, level), style in zip((baselines or {}).items(), ("--", ":", "-.")):
+        ax.axhline(level, color="0.35", linestyle=style, linewidth=1.2, label=f"{label}: {level:.4g}", gid=f"baseline:{label}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, never over them
+
+
+def validation_curves(
+    curves: Sequence["Curve"], out_png: Path, *, baselines: Mapping[str, float] | None = None, ylabel: str = "validation score", title: str | None = None
+) -> Path | None:
+    """:func:`draw_validation` in a figure of its own; ``None`` when no curve has a point."""
+    curves = [c for c in curves if c.steps]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(8.0, 3.6))
+    draw_validation(ax, curves, baselines, ylabel=ylabel)
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, out_png)

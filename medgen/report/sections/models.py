@@ -1,4 +1,5 @@
-"""Models: per trained run, its last training state, loss curves and last sample grid."""
+"""Models: per trained run, its last training state, loss curves and last sample grid; per task, the
+validation FD of its generation runs during training."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from medgen.report.format import MISSING, esc, facts, figure, fmt, note
 from medgen.report.results import Results, last_sample_grid, read_training_log
+from medgen.report.validation import FD_KEY, validation_card
 
 
 def _last(records: Sequence[Mapping[str, Any]], key: str) -> Any:
@@ -48,5 +50,10 @@ def _model_card(ctx: Results, task: str, run: str) -> str:
 
 
 def build(ctx: Results) -> str | None:
-    cards = [_model_card(ctx, task, run) for task, run in ctx.model_runs()]
+    cards = []
+    runs = ctx.model_runs()
+    for i, (task, run) in enumerate(runs):
+        cards.append(_model_card(ctx, task, run))
+        if i + 1 == len(runs) or runs[i + 1][0] != task:  # after the task's last run
+            cards.append(validation_card(ctx, task, FD_KEY))
     return "".join(cards) or None

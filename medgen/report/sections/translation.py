@@ -1,4 +1,5 @@
-"""Translation: per translation run, input | output | ground truth | error panels of test subjects."""
+"""Translation: per translation task, the validation MAE during training beside the baselines, then
+per run input | output | ground truth | error panels of test subjects."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from medgen.report.format import esc, figure, note
 from medgen.report.results import Results, nifti_stem
+from medgen.report.validation import MAE_KEY, validation_card
 
 #: translation panels shown per model (the rest are counted)
 MAX_TRANSLATION_SUBJECTS = 6
@@ -43,7 +45,10 @@ def _translation_model(ctx: Results, task: str, run: str, source: str, target: s
 
 def build(ctx: Results) -> str | None:
     cards = []
-    for task, runs in ctx.translation_tasks().items():
+    translated = ctx.translation_tasks()
+    for task in sorted({*translated, *(task for task, _ in ctx.model_runs())}):
+        cards.append(validation_card(ctx, task, MAE_KEY))
+        runs = translated.get(task)
         if not runs:
             continue
         spec = ctx.task_spec(task)
