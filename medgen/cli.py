@@ -7,6 +7,7 @@ Imports of heavy modules happen inside each verb so that ``medgen --help`` stays
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -125,32 +126,58 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``medgen train`` flags named as the keys of the config's ``train`` section (defaults: TrainConfig)
+_TRAIN_FLAGS = ("steps", "batch_size", "seed", "device", "precision", "compile", "num_workers", "ckpt_every", "log_every",
+                "image_every", "ema_decay", "grad_clip", "val_every", "deterministic")
+
+
+def _section_arg(text: str, flag: str) -> dict[str, Any]:
+    """A settings section given to ``flag``: a JSON object, or a JSON/YAML file holding one."""
+    if text.lstrip().startswith("{"):
+        return _json_arg(text, flag)
+    import yaml
+
+    path = Path(text)
+    if not path.is_file():
+        raise OptionError(f"{flag}: {text} is neither a JSON object nor a file")
+    try:
+        value = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise OptionError(f"{flag}: {path} is not valid JSON/YAML ({exc})") from None
+    if not isinstance(value, dict):
+        raise OptionError(f"{flag}: {path} must hold a mapping of settings, got {type(value).__name__}")
+    return value
+
+
+def train_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The run's TrainConfig and cache settings: TrainConfig's defaults, then ``--train-config``,
+    then the flags given on the command line."""
+    from medgen.train.settings import read_section
+
+    section = _section_arg(args.train_config, "--train-config") if args.train_config else {}
+    section.update({key: getattr(args, key) for key in _TRAIN_FLAGS if hasattr(args, key)})
+    if getattr(args, "no_amp", False):
+        section["amp"] = False
+    cache = dict(section.get("cache") or {})
+    for dest, key in (("cache_ram_mb", "ram_mb"), ("cache_dir", "dir")):
+        if hasattr(args, dest):
+            cache[key] = getattr(args, dest)
+    if cache:
+        section["cache"] = cache
+    return read_section(section, args.out)
+
+
 def _train(args: argparse.Namespace) -> int:
     from medgen.data.datasets import CachePolicy, set_default_cache_policy
-    from medgen.train.engine import TrainConfig
     from medgen.train.run import train_task
 
     task, options = _json_arg(args.task_json, "--task-json"), _json_arg(args.options_json, "--options-json")
     check_output_path(args.out, "folder")
-    cfg = TrainConfig(
-        out_dir=args.out,
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        amp=not args.no_amp,
-        precision=args.precision,
-        compile=args.compile,
-        ckpt_every=args.ckpt_every,
-        log_every=args.log_every,
-        image_every=args.image_every,
-        ema_decay=None if args.ema_decay <= 0 else args.ema_decay,
-        grad_clip=args.grad_clip,
-        num_workers=args.num_workers,
-        val_every=args.val_every,
-        deterministic=args.deterministic,
-    )
-    set_default_cache_policy(CachePolicy(ram_mb=args.cache_ram_mb, dir=args.cache_dir))
+    cfg, cache = train_settings(args)
+    valid = [f.name for f in dataclasses.fields(CachePolicy)]
+    if set(cache) - set(valid):
+        raise OptionError(f"--train-config: unknown cache key(s) {', '.join(map(repr, sorted(set(cache) - set(valid))))}; valid keys: {', '.join(valid)}")
+    set_default_cache_policy(CachePolicy(**cache))
     path = train_task(
         prep_root=args.prep_root,
         split_path=args.split,
@@ -293,6 +320,16 @@ def _report(args: argparse.Namespace) -> int:
     return code
 
 
+def _train_defaults() -> dict[str, Any]:
+    from medgen.train.settings import engine_defaults
+
+    return engine_defaults()
+
+
+#: flags whose default is the settings' own (absent unless given, so that they override a settings file only when given)
+S = argparse.SUPPRESS
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (also used to document the CLI)."""
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__.splitlines()[0])
@@ -359,24 +396,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model name from the registry (glow, gan, cgan, ...)")
     p.add_argument("--options-json", default="{}", help="model options as JSON")
     p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, checkpoint.pt, log.jsonl, tb/, samples/")
-    p.add_argument("--steps", type=_at_least(1), required=True)
-    p.add_argument("--batch-size", type=_at_least(1), default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--no-amp", action="store_true", help="disable mixed precision (same as --precision fp32)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast on GPUs with bf16 and CPUs with avx512_bf16/AMX, fp16 on older GPUs, else fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    p.add_argument("--num-workers", type=_at_least(0), default=0, help="data-loading worker processes")
-    p.add_argument("--cache-ram-mb", type=float, default=None, help="MB of volumes cached in RAM (default: all); the rest on disk")
-    p.add_argument("--cache-dir", type=Path, default=None, help="local-disk cache for volumes beyond --cache-ram-mb (default: a temporary folder)")
-    p.add_argument("--ckpt-every", type=_at_least(1), default=100)
-    p.add_argument("--log-every", type=_at_least(1), default=10)
-    p.add_argument("--image-every", type=_at_least(0), default=200)
-    p.add_argument("--ema-decay", type=float, default=0.999, help="<= 0 disables the EMA")
-    p.add_argument("--grad-clip", type=float, default=None)
-    p.add_argument("--val-every", type=int, default=0, help="translation: validation MAE every N steps; model.pt holds the best (0: none, last weights)")
-    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms where torch has them (see medgen.train.determinism)")
+    p.add_argument("--train-config", metavar="JSON|FILE",
+                   help="training settings (the config's train section) as a JSON object or a JSON/YAML file; the flags below override it")
+    d = _train_defaults()
+    p.add_argument("--steps", type=_at_least(1), default=S, help=f"training steps (default {d['steps']})")
+    p.add_argument("--batch-size", type=_at_least(1), default=S, help=f"per process (default {d['batch_size']})")
+    p.add_argument("--seed", type=int, default=S, help=f"default {d['seed']}")
+    p.add_argument("--device", default=S, help=f"auto (CUDA when present), cpu, cuda, cuda:1 ... (default {d['device']})")
+    p.add_argument("--no-amp", action="store_true", default=S, help="disable mixed precision (same as --precision fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=S,
+                   help=f"auto: bf16 autocast on GPUs with bf16 and CPUs with avx512_bf16/AMX, fp16 on older GPUs, else fp32 (default {d['precision']})")
+    p.add_argument("--compile", action="store_true", default=S, help="torch.compile the networks")
+    p.add_argument("--num-workers", type=_at_least(0), default=S, help=f"data-loading worker processes (default {d['num_workers']})")
+    p.add_argument("--cache-ram-mb", type=float, default=S, help="MB of volumes cached in RAM (default: all); the rest on disk")
+    p.add_argument("--cache-dir", type=Path, default=S, help="local-disk cache for volumes beyond --cache-ram-mb (default: a temporary folder)")
+    p.add_argument("--ckpt-every", type=_at_least(1), default=S, help=f"steps between checkpoints (default {d['ckpt_every']})")
+    p.add_argument("--log-every", type=_at_least(1), default=S, help=f"steps between log points (default {d['log_every']})")
+    p.add_argument("--image-every", type=_at_least(0), default=S, help=f"steps between sample grids, 0: none (default {d['image_every']})")
+    p.add_argument("--ema-decay", type=float, default=S, help=f"<= 0 disables the EMA (default {d['ema_decay']})")
+    p.add_argument("--grad-clip", type=float, default=S, help=f"max global gradient norm (default {d['grad_clip']})")
+    p.add_argument("--val-every", type=int, default=S,
+                   help=f"translation: validation MAE every N steps; model.pt holds the best (0: none, last weights; default {d['val_every']})")
+    p.add_argument("--deterministic", action="store_true", default=S, help="deterministic algorithms where torch has them (see medgen.train.determinism)")
     p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
     p.add_argument("--restart", action="store_true",
