@@ -256,6 +256,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medgen.train.run import load_trained
 
     meta = load_trained(args.checkpoint).meta
+    if "encoder" in args.features and args.encoder is None:
+        raise OptionError("--features encoder needs --encoder FILE (the study encoder written by `medgen encoder`); or leave encoder out of --features")
     weights = json.loads(args.extractors_json) if args.extractors_json else {}
     # eval.extractors entries: {"weights": path, **options} -> the extractor's weights_path and options
     extractors: dict[str, dict] = {name: {("weights_path" if k == "weights" else k): v for k, v in weights.get(name, {}).items()} for name in args.features}
@@ -330,8 +332,14 @@ def _train_defaults() -> dict[str, Any]:
 S = argparse.SUPPRESS
 
 
+def _show(values: Sequence[Any]) -> str:
+    return " ".join(map(str, values))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every verb (also used to document the CLI)."""
+    """The argument parser of every verb (also used to document the CLI); defaults come from the settings classes."""
+    from medgen.eval.settings import DownstreamSettings, EvalSettings
+
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medgen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -458,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--modalities", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=_at_least(1), default=300)
+    p.add_argument("--steps", type=_at_least(1), default=EvalSettings.encoder_steps, help=f"default {EvalSettings.encoder_steps}")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_encoder)
 
@@ -474,9 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nifti-root", type=Path, help="translation: ingested volumes (ground truth)")
     p.add_argument("--checkpoint", type=Path, help="generation: model.pt")
     p.add_argument("--samples", type=Path, help="generation: manifest.tsv of the samples")
-    p.add_argument("--features", nargs="+", default=["radiomics"], help="generation: feature extractors")
+    p.add_argument("--features", nargs="+", default=list(EvalSettings.features),
+                   help=f"generation: feature extractors (default {' '.join(EvalSettings.features)}; encoder needs --encoder)")
     p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
-    p.add_argument("--max-real", type=_at_least(1), default=256, help="generation: real test slices drawn (the memorization audit uses every training slice)")
+    p.add_argument("--max-real", type=_at_least(1), default=EvalSettings.max_real,
+                   help=f"generation: real test slices drawn (default {EvalSettings.max_real}; the memorization audit uses every training slice)")
     p.add_argument("--extractors-json", help='generation: pretrained extractors as JSON, e.g. {"radimagenet": {"weights": "rin.pt"}} (config eval.extractors)')
     p.add_argument("--baselines", type=Path, help="translation: the task's baselines.json, copied into the metrics file")
     p.set_defaults(handler=_evaluate)
@@ -497,10 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="downstream JSON")
     p.add_argument("--model", action="append", metavar="NAME=PATH[,PATH]", help="a trained model (one model.pt per seed); repeatable")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="segmentation training seeds")
-    p.add_argument("--steps", type=int, default=300, help="segmentation training steps per seed")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="UNet channels per level")
+    ds = DownstreamSettings()
+    p.add_argument("--seeds", type=int, nargs="+", default=list(ds.seeds), help=f"segmentation training seeds (default {_show(ds.seeds)})")
+    p.add_argument("--steps", type=int, default=ds.steps, help=f"segmentation training steps per seed (default {ds.steps})")
+    p.add_argument("--batch-size", type=int, default=ds.batch_size, help=f"default {ds.batch_size}")
+    p.add_argument("--channels", type=int, nargs="+", default=list(ds.channels), help=f"UNet channels per level (default {_show(ds.channels)})")
     p.set_defaults(handler=_downstream)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")
