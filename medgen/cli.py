@@ -72,40 +72,65 @@ def _secret(args: argparse.Namespace) -> str:
     return DEMO_SECRET if getattr(args, "demo_secret", False) else load_secret(args.uid_salt_file)
 
 
+def _settings(args: argparse.Namespace, cls: type, *, ignore: Sequence[str] = ()) -> dict[str, Any]:
+    """Keyword arguments of the settings class ``cls``: the ``--settings`` section (a JSON object
+    or a JSON/YAML file), with the flags given on the command line over it; the class supplies
+    every default. Keys that ``cls`` lacks are refused, except ``ignore`` (the workflow's own)."""
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    section = _section_arg(args.settings, "--settings") if args.settings else {}
+    unknown = sorted(set(section) - set(fields) - set(ignore))
+    if unknown:
+        raise OptionError(f"--settings: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(fields))}")
+    values = {k: v for k, v in section.items() if k in fields}
+    values.update({k: getattr(args, k) for k in fields if hasattr(args, k)})
+    return {k: _like(v, fields[k]) for k, v in values.items()}
+
+
+def _like(value: Any, default: Any) -> Any:
+    """``value`` in the form of the class's ``default``: lists become tuples, and integers become
+    floats where the default holds floats (JSON and YAML write 2.0 as 2, the flags parse floats)."""
+    def number(v: Any, d: Any) -> Any:
+        return float(v) if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool) else v
+
+    if isinstance(default, tuple) and isinstance(value, (list, tuple)):
+        return tuple(number(v, default[0]) if default else v for v in value)
+    return number(value, default)
+
+
+def ingest_options(args: argparse.Namespace, uid_salt: str | None) -> Any:
+    """The IngestOptions of ``medgen ingest`` (``--settings``: the config's ingest section, whose
+    secret-file and mapping-file keys belong to the workflow)."""
+    from medgen.io.ingest import IngestOptions
+
+    values = _settings(args, IngestOptions, ignore=("uid_salt_file", "mapping_file"))
+    if "uid_salt" in values:
+        raise OptionError("--settings: the secret does not belong in settings; use MEDGEN_UID_SALT or --uid-salt-file")
+    return IngestOptions(**values, uid_salt=uid_salt)
+
+
+def preprocess_config(args: argparse.Namespace) -> Any:
+    """The PreprocessConfig of ``medgen preprocess`` (``--settings``: the config's preprocess
+    section, whose min_mask_fraction belongs to the split and the datasets)."""
+    from medgen.data.preprocess import PreprocessConfig
+
+    return PreprocessConfig(**_settings(args, PreprocessConfig, ignore=("min_mask_fraction",)))
+
+
 def _ingest(args: argparse.Namespace) -> int:
-    from medgen.io.ingest import IngestOptions, ingest
+    from medgen.io.ingest import ingest
 
     check_output_path(args.out, "folder")
-    options = IngestOptions(
-        on_tilt=args.on_tilt,
-        on_uneven=args.on_uneven,
-        keep_descriptions=args.keep_descriptions,
-        uid_salt=_secret(args),
-        nonfinite=args.nonfinite,
-        form_mismatch=args.form_mismatch,
-        min_slices=args.min_slices,
-        allow_constant=args.allow_constant,
-        keep_subject_labels=args.keep_subject_labels,
-        merge_patients=args.merge_patients,
-    )
+    options = ingest_options(args, _secret(args))
     summary = ingest(args.inputs, args.out, subject=args.subject, modalities=args.modalities, options=options)
     print(summary.render())
     return summary.exit_code
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from medgen.data.preprocess import PreprocessConfig, preprocess_subject
+    from medgen.data.preprocess import preprocess_subject
 
     check_output_path(args.out, "folder")
-    cfg = PreprocessConfig(
-        spacing=tuple(args.spacing),
-        size=tuple(args.size),
-        mr_norm=args.mr_norm,
-        mr_percentiles=tuple(args.mr_percentiles),
-        ct_window=tuple(args.ct_window),
-        register=args.register,
-        reference=args.reference,
-    )
+    cfg = preprocess_config(args)
     inputs = {mod: args.input_dir / f"{mod}.nii.gz" for mod in args.modalities}
     preprocess_subject(inputs, args.out, cfg, labels=args.labels)
     print(f"preprocess: wrote {', '.join(args.modalities)} and mask to {args.out}")
@@ -150,11 +175,11 @@ def _section_arg(text: str, flag: str) -> dict[str, Any]:
 
 
 def train_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The run's TrainConfig and cache settings: TrainConfig's defaults, then ``--train-config``,
+    """The run's TrainConfig and cache settings: TrainConfig's defaults, then ``--settings``,
     then the flags given on the command line."""
     from medgen.train.settings import read_section
 
-    section = _section_arg(args.train_config, "--train-config") if args.train_config else {}
+    section = _section_arg(args.settings, "--settings") if args.settings else {}
     section.update({key: getattr(args, key) for key in _TRAIN_FLAGS if hasattr(args, key)})
     if getattr(args, "no_amp", False):
         section["amp"] = False
@@ -176,7 +201,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg, cache = train_settings(args)
     valid = [f.name for f in dataclasses.fields(CachePolicy)]
     if set(cache) - set(valid):
-        raise OptionError(f"--train-config: unknown cache key(s) {', '.join(map(repr, sorted(set(cache) - set(valid))))}; valid keys: {', '.join(valid)}")
+        raise OptionError(f"--settings: unknown cache key(s) {', '.join(map(repr, sorted(set(cache) - set(valid))))}; valid keys: {', '.join(valid)}")
     set_default_cache_policy(CachePolicy(**cache))
     path = train_task(
         prep_root=args.prep_root,
@@ -294,6 +319,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 def _downstream(args: argparse.Namespace) -> int:
     from medgen.eval.downstream import evaluate_downstream
+    from medgen.eval.settings import DownstreamSettings
 
     models: dict[str, list[Path]] = {}
     for item in args.model or []:
@@ -304,7 +330,7 @@ def _downstream(args: argparse.Namespace) -> int:
     check_output_path(args.out, "file")
     result = evaluate_downstream(
         task=_json_arg(args.task_json, "--task-json"), prep_root=args.prep_root, split_path=args.split, out_json=args.out, models=models,
-        seeds=args.seeds, steps=args.steps, batch_size=args.batch_size, channels=args.channels,
+        **_settings(args, DownstreamSettings),
     )
     for name, setting in result["settings"].items():
         print(f"downstream: {name} mean Dice {setting['mean_dice']['mean']:.3f} over {len(result['seeds'])} seeds")
@@ -359,31 +385,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output root: OUT/<subject>/<modality>.nii.gz")
     p.add_argument("--subject", help="subject label for every input; refused if they hold several patients (default: BIDS label, or a keyed pseudonym)")
     p.add_argument("--modalities", nargs="+", help="modalities that must be found (others are still converted)")
-    p.add_argument("--on-tilt", choices=["refuse", "resample"], default="resample",
+    p.add_argument("--settings", metavar="JSON|FILE",
+                   help="the config's ingest section as a JSON object or a JSON/YAML file; the flags below override it (defaults: IngestOptions)")
+    p.add_argument("--on-tilt", choices=["refuse", "resample"], default=S,
                    help="gantry-tilted series: resample onto an orthogonal grid holding the whole stack (default), or refuse")
-    p.add_argument("--on-uneven", choices=["refuse", "resample"], default="refuse", help="missing slices / uneven spacing")
-    p.add_argument("--keep-descriptions", action="store_true", help="keep SeriesDescription/ProtocolName in sidecars")
+    p.add_argument("--on-uneven", choices=["refuse", "resample"], default=S, help="missing slices / uneven spacing")
+    p.add_argument("--keep-descriptions", action="store_true", default=S, help="keep SeriesDescription/ProtocolName in sidecars")
     p.add_argument("--uid-salt-file", type=Path, help="file holding the pseudonym secret (default: the MEDGEN_UID_SALT environment variable)")
     p.add_argument("--demo-secret", action="store_true", help="use the public demo secret (phantom data only: its pseudonyms protect nothing)")
-    p.add_argument("--keep-subject-labels", action="store_true", help="keep a manifest's subject labels (else keyed pseudonyms)")
-    p.add_argument("--merge-patients", action="store_true", help="let --subject take inputs that hold several patients (PatientID)")
-    p.add_argument("--nonfinite", choices=["error", "zero", "min"], default="error", help="NaN/inf voxels in NIfTI input")
-    p.add_argument("--form-mismatch", choices=["error", "warn"], default="error", help="NIfTI qform != sform")
-    p.add_argument("--min-slices", type=_at_least(1), default=1, help="series with fewer slices are skipped (default 1: single slices convert)")
-    p.add_argument("--allow-constant", action="store_true", help="keep images whose voxels all have one value (refused by default)")
+    p.add_argument("--keep-subject-labels", action="store_true", default=S, help="keep a manifest's subject labels (else keyed pseudonyms)")
+    p.add_argument("--merge-patients", action="store_true", default=S, help="let --subject take inputs that hold several patients (PatientID)")
+    p.add_argument("--nonfinite", choices=["error", "zero", "min"], default=S, help="NaN/inf voxels in NIfTI input")
+    p.add_argument("--form-mismatch", choices=["error", "warn"], default=S, help="NIfTI qform != sform")
+    p.add_argument("--min-slices", type=_at_least(1), default=S, help="series with fewer slices are skipped (default 1: single slices convert)")
+    p.add_argument("--allow-constant", action="store_true", default=S, help="keep images whose voxels all have one value (refused by default)")
     p.set_defaults(handler=_ingest)
 
     p = verbs.add_parser("preprocess", help="reorient, resample, mask, normalise one subject (MONAI transforms)")
     p.add_argument("--input-dir", type=Path, required=True, help="folder with <modality>.nii.gz (ingest output)")
     p.add_argument("--modalities", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--spacing", type=float, nargs=3, default=[2.0, 2.0, 2.0], metavar=("X", "Y", "Z"))
-    p.add_argument("--size", type=int, nargs=3, default=[96, 112, 96], metavar=("X", "Y", "Z"))
-    p.add_argument("--mr-norm", choices=["percentile", "zscore"], default="percentile")
-    p.add_argument("--mr-percentiles", type=float, nargs=2, default=[0.5, 99.5], metavar=("LOW", "HIGH"))
-    p.add_argument("--ct-window", type=float, nargs=2, default=[-1024.0, 3000.0], metavar=("LOW", "HIGH"), help="HU window mapped to [-1, 1]")
-    p.add_argument("--register", action="store_true", help="rigidly register each modality to the reference (SimpleITK)")
-    p.add_argument("--reference", help="modality whose grid the others follow (default: the first)")
+    p.add_argument("--settings", metavar="JSON|FILE",
+                   help="the config's preprocess section as a JSON object or a JSON/YAML file; the flags below override it (defaults: PreprocessConfig)")
+    p.add_argument("--spacing", type=float, nargs=3, default=S, metavar=("X", "Y", "Z"), help="voxel size in mm")
+    p.add_argument("--size", type=int, nargs=3, default=S, metavar=("X", "Y", "Z"), help="output grid in voxels")
+    p.add_argument("--mr-norm", choices=["percentile", "zscore"], default=S)
+    p.add_argument("--mr-percentiles", type=float, nargs=2, default=S, metavar=("LOW", "HIGH"))
+    p.add_argument("--ct-window", type=float, nargs=2, default=S, metavar=("LOW", "HIGH"), help="HU window mapped to [-1, 1]")
+    p.add_argument("--register", action="store_true", default=S, help="rigidly register each modality to the reference (SimpleITK)")
+    p.add_argument("--reference", default=S, help="modality whose grid the others follow (default: the first)")
     p.add_argument("--labels", type=Path, help="ground-truth label map resampled with the images (nearest neighbour)")
     p.set_defaults(handler=_preprocess)
 
@@ -404,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model name from the registry (glow, gan, cgan, ...)")
     p.add_argument("--options-json", default="{}", help="model options as JSON")
     p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, checkpoint.pt, log.jsonl, tb/, samples/")
-    p.add_argument("--train-config", metavar="JSON|FILE",
+    p.add_argument("--settings", metavar="JSON|FILE",
                    help="training settings (the config's train section) as a JSON object or a JSON/YAML file; the flags below override it")
     d = _train_defaults()
     p.add_argument("--steps", type=_at_least(1), default=S, help=f"training steps (default {d['steps']})")
@@ -508,10 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="downstream JSON")
     p.add_argument("--model", action="append", metavar="NAME=PATH[,PATH]", help="a trained model (one model.pt per seed); repeatable")
     ds = DownstreamSettings()
-    p.add_argument("--seeds", type=int, nargs="+", default=list(ds.seeds), help=f"segmentation training seeds (default {_show(ds.seeds)})")
-    p.add_argument("--steps", type=int, default=ds.steps, help=f"segmentation training steps per seed (default {ds.steps})")
-    p.add_argument("--batch-size", type=int, default=ds.batch_size, help=f"default {ds.batch_size}")
-    p.add_argument("--channels", type=int, nargs="+", default=list(ds.channels), help=f"UNet channels per level (default {_show(ds.channels)})")
+    p.add_argument("--settings", metavar="JSON|FILE", help="the config's eval.downstream section as a JSON object or a JSON/YAML file; the flags below override it")
+    p.add_argument("--seeds", type=int, nargs="+", default=S, help=f"segmentation training seeds (default {_show(ds.seeds)})")
+    p.add_argument("--steps", type=int, default=S, help=f"segmentation training steps per seed (default {ds.steps})")
+    p.add_argument("--batch-size", type=int, default=S, help=f"default {ds.batch_size}")
+    p.add_argument("--channels", type=int, nargs="+", default=S, help=f"UNet channels per level (default {_show(ds.channels)})")
     p.set_defaults(handler=_downstream)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")

@@ -76,8 +76,8 @@ def model_options_json(cfg: dict[str, Any], task: str, model: str) -> str:
     return json.dumps(model_entry(cfg, task, model)["options"], sort_keys=True)
 
 
-def train_config_json(cfg: dict[str, Any], task: str, model: str) -> str:
-    """A run's training settings as JSON (``medgen train --train-config``): the ``train`` section
+def train_settings_json(cfg: dict[str, Any], task: str, model: str) -> str:
+    """A run's training settings as JSON (``medgen train --settings``): the ``train`` section
     with the model's own ``train`` keys over it and the run's seed (``model`` may be a run)."""
     section = {**cfg["train"], **model_entry(cfg, task, model)["train"], "seed": run_seed(cfg, task, model)}
     return json.dumps(section, sort_keys=True)

@@ -3,7 +3,7 @@
 # it only if it records this run's fingerprint (model, options, task, split, preprocessing, data);
 # a checkpoint of another run is moved aside (checkpoint.stale-<n>.pt) and training starts afresh.
 from medgen.train.launch import torchrun_command
-from pipeline.targets import model_options_json, run_model, task_json, train_config_json
+from pipeline.targets import model_options_json, run_model, task_json, train_settings_json
 
 # Several GPUs: one process per GPU through torchrun (gradients averaged each step); several
 # nodes (train.nodes > 1): srun starts one torchrun agent per node, joined by a c10d rendezvous.
@@ -25,7 +25,7 @@ rule train:
         name=lambda wc: run_model(wc.model),
         options=lambda wc: model_options_json(config, wc.task, wc.model),
         # every training setting of the run in one object: a change to any of them reruns the job
-        train=lambda wc: train_config_json(config, wc.task, wc.model),
+        train=lambda wc: train_settings_json(config, wc.task, wc.model),
     log:
         f"{RESULTS}/logs/train/{{task}}/{{model}}.log",
     benchmark:
@@ -37,5 +37,5 @@ rule train:
         nodes=_NODES,
     shell:
         f"{_MEDGEN_TRAIN} --prep-root {{params.prep}} --split {{input.split}} --task-json {{params.task:q}}"
-        " --model {params.name} --options-json {params.options:q} --train-config {params.train:q} --out {params.out}"
+        " --model {params.name} --options-json {params.options:q} --settings {params.train:q} --out {params.out}"
         " --on-mismatch restart > {log} 2>&1"

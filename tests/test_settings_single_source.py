@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from medgen.cli import build_parser, train_settings
+from medgen.cli import _settings, build_parser, ingest_options, preprocess_config, train_settings
 from medgen.data import phantom, splits
 from medgen.data.datasets import CachePolicy
 from medgen.data.preprocess import PreprocessConfig
@@ -26,7 +26,7 @@ from medgen.eval.settings import DownstreamSettings, EvalSettings
 from medgen.io.ingest import IngestOptions
 from medgen.train.settings import CACHE_KEY, LAUNCH_KEYS, TrainConfig, engine_defaults, read_section
 from pipeline.config import validate_config
-from pipeline.targets import model_options_json, train_config_json
+from pipeline.targets import model_options_json, train_settings_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = yaml.safe_load((ROOT / "configs" / "config.schema.yaml").read_text())["properties"]
@@ -75,7 +75,7 @@ def test_train_flags_override_the_settings_file_which_overrides_the_defaults(tmp
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(section))
     base = ["train", "--prep-root", "p", "--split", "s", "--task-json", "{}", "--model", "gan", "--out", str(tmp_path)]
     for given in (str(tmp_path / "train.yaml"), json.dumps(section)):
-        cfg, cache = train_settings(build_parser().parse_args([*base, "--train-config", given, "--batch-size", "3", "--no-amp"]))
+        cfg, cache = train_settings(build_parser().parse_args([*base, "--settings", given, "--batch-size", "3", "--no-amp"]))
         assert (cfg.max_steps, cfg.batch_size, cfg.ema_decay, cfg.amp, cfg.ckpt_every) == (7, 3, None, False, TrainConfig.ckpt_every)
         assert cache == {"ram_mb": 10}
 
@@ -87,7 +87,7 @@ def test_an_unknown_train_setting_is_refused_with_the_valid_keys(tmp_path):
 
 def test_workflow_passes_each_run_its_resolved_train_section():
     cfg = validate_config(yaml.safe_load((ROOT / "configs" / "default.yaml").read_text()))
-    section = json.loads(train_config_json(cfg, "t1w_to_ct", "pix2pix"))
+    section = json.loads(train_settings_json(cfg, "t1w_to_ct", "pix2pix"))
     train, _ = read_section(section, "out")
     assert (train.max_steps, train.batch_size, train.val_every, train.ckpt_every) == (1200, 8, 100, 100)
     assert json.loads(model_options_json(cfg, "t1w_to_ct", "pix2pix"))["ngf"] == 16
@@ -96,20 +96,33 @@ def test_workflow_passes_each_run_its_resolved_train_section():
 def test_ingest_defaults_agree():
     options = dataclass_defaults(IngestOptions)
     schema = {**schema_defaults("ingest"), "keep_subject_labels": schema_defaults("data")["keep_subject_labels"]}
-    cli = cli_defaults("ingest")
     for key, value in options.items():
         if key != "uid_salt":  # the secret: never in a config nor on a command line
-            assert schema[key] == value and cli[key] == value, key
+            assert schema[key] == value, key
+    assert ingest_options(build_parser().parse_args(["ingest", "in", "--out", "o"]), None) == IngestOptions()
 
 
 def test_preprocess_and_split_defaults_agree():
-    options, cli, schema = dataclass_defaults(PreprocessConfig), cli_defaults("preprocess"), schema_defaults("preprocess")
-    for key in ("spacing", "size", "mr_norm", "mr_percentiles", "ct_window", "register", "reference"):
-        assert schema[key] == options[key] and cli.get(key, False if key == "register" else None) == options[key], key
+    options, schema = dataclass_defaults(PreprocessConfig), schema_defaults("preprocess")
+    assert {k: schema[k] for k in set(schema) - {"min_mask_fraction"}} == {k: options[k] for k in set(schema) - {"min_mask_fraction"}}
+    args = build_parser().parse_args(["preprocess", "--input-dir", "i", "--modalities", "T1w", "--out", "o"])
+    assert preprocess_config(args) == PreprocessConfig()
     assert schema["min_mask_fraction"] == MIN_MASK_FRACTION == cli_defaults("split")["min_mask_fraction"]
     make_split = function_defaults(splits.make_split)
     assert schema_defaults("split") == {"fractions": make_split["fractions"], "seed": make_split["seed"]}
     assert {k: cli_defaults("split")[k] for k in ("fractions", "seed")} == schema_defaults("split")
+
+
+def test_a_settings_section_is_read_with_the_flags_over_it(tmp_path):
+    section = {"spacing": [3, 3, 3], "size": [64, 64, 64], "register": False, "reference": None, "min_mask_fraction": 0.1}
+    args = build_parser().parse_args(["preprocess", "--input-dir", "i", "--modalities", "T1w", "--out", "o", "--settings", json.dumps(section), "--size", "32", "32", "32"])
+    cfg = preprocess_config(args)
+    assert (cfg.spacing, cfg.size, cfg.mr_norm) == ((3.0, 3.0, 3.0), (32, 32, 32), PreprocessConfig.mr_norm)
+    (tmp_path / "ingest.yaml").write_text("on_tilt: refuse\nmapping_file: null\n")
+    options = ingest_options(build_parser().parse_args(["ingest", "in", "--out", "o", "--settings", str(tmp_path / "ingest.yaml")]), None)
+    assert options == IngestOptions(on_tilt="refuse")
+    with pytest.raises(ValueError, match=r"--settings: unknown key\(s\) 'on_tlit'; valid keys: .*on_tilt"):
+        ingest_options(build_parser().parse_args(["ingest", "in", "--out", "o", "--settings", '{"on_tlit": "refuse"}']), None)
 
 
 def test_phantom_defaults_agree():
@@ -126,7 +139,8 @@ def test_eval_defaults_agree():
     assert function_defaults(run.evaluate_generation)["max_real"] == settings["max_real"]
     ds = dataclass_defaults(DownstreamSettings)
     assert schema_defaults("eval", "downstream") == ds
-    assert {k: cli_defaults("downstream")[k] for k in ds} == ds
+    args = build_parser().parse_args(["downstream", "--task-json", "{}", "--prep-root", "p", "--split", "s", "--out", "o"])
+    assert _settings(args, DownstreamSettings) == {}  # evaluate_downstream's defaults, which are:
     assert {k: function_defaults(downstream.evaluate_downstream)[k] for k in ds} == ds
 
 

@@ -39,7 +39,7 @@ def test_study_config_builds_its_dag(name, tmp_path):
     assert out.count("medgen.cli translate ") == sum(seeds[t] for t, _ in translation) * n_test
     for task, model in translation:
         line = next(l for l in out.splitlines() if "medgen.cli train " in l and f"--model {model} " in l and f"/{task}/{model}" in l)
-        train = json.loads(re.search(r"--train-config '(\{[^']*\})'", line).group(1))
+        train = json.loads(re.search(r"--settings '(\{[^']*\})'", line).group(1))
         assert train["val_every"] > 0  # validated: model.pt is the best checkpoint
 
 

@@ -6,7 +6,7 @@ The workflow config's ``train`` section holds TrainConfig's fields (``steps`` fo
 launcher's resources (``gpus``, ``nodes``). Its schema defaults are checked against these
 dataclasses by the tests, ``medgen train`` takes its flag defaults from them, and the workflow
 hands each training job its resolved section as one JSON object (``medgen train
---train-config``). This module imports nothing heavy, so that ``medgen --help`` stays fast.
+--settings``). This module imports nothing heavy, so that ``medgen --help`` stays fast.
 """
 
 from __future__ import annotations
