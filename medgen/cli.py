@@ -348,12 +348,6 @@ def _report(args: argparse.Namespace) -> int:
     return code
 
 
-def _train_defaults() -> dict[str, Any]:
-    from medgen.train.settings import engine_defaults
-
-    return engine_defaults()
-
-
 #: flags whose default is the settings' own (absent unless given, so that they override a settings file only when given)
 S = argparse.SUPPRESS
 
@@ -365,6 +359,7 @@ def _show(values: Sequence[Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (also used to document the CLI); defaults come from the settings classes."""
     from medgen.eval.settings import DownstreamSettings, EvalSettings
+    from medgen.train.settings import engine_defaults
 
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medgen {__version__}")
@@ -436,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, checkpoint.pt, log.jsonl, tb/, samples/")
     p.add_argument("--settings", metavar="JSON|FILE",
                    help="training settings (the config's train section) as a JSON object or a JSON/YAML file; the flags below override it")
-    d = _train_defaults()
+    d = engine_defaults()
     p.add_argument("--steps", type=_at_least(1), default=S, help=f"training steps (default {d['steps']})")
     p.add_argument("--batch-size", type=_at_least(1), default=S, help=f"per process (default {d['batch_size']})")
     p.add_argument("--seed", type=int, default=S, help=f"default {d['seed']}")
