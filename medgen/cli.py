@@ -7,6 +7,7 @@ Imports of heavy modules happen inside each verb so that ``medgen --help`` stays
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -71,40 +72,65 @@ def _secret(args: argparse.Namespace) -> str:
     return DEMO_SECRET if getattr(args, "demo_secret", False) else load_secret(args.uid_salt_file)
 
 
+def _settings(args: argparse.Namespace, cls: type, *, ignore: Sequence[str] = ()) -> dict[str, Any]:
+    """Keyword arguments of the settings class ``cls``: the ``--settings`` section (a JSON object
+    or a JSON/YAML file), with the flags given on the command line over it; the class supplies
+    every default. Keys that ``cls`` lacks are refused, except ``ignore`` (the workflow's own)."""
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    section = _section_arg(args.settings, "--settings") if args.settings else {}
+    unknown = sorted(set(section) - set(fields) - set(ignore))
+    if unknown:
+        raise OptionError(f"--settings: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(fields))}")
+    values = {k: v for k, v in section.items() if k in fields}
+    values.update({k: getattr(args, k) for k in fields if hasattr(args, k)})
+    return {k: _like(v, fields[k]) for k, v in values.items()}
+
+
+def _like(value: Any, default: Any) -> Any:
+    """``value`` in the form of the class's ``default``: lists become tuples, and integers become
+    floats where the default holds floats (JSON and YAML write 2.0 as 2, the flags parse floats)."""
+    def number(v: Any, d: Any) -> Any:
+        return float(v) if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool) else v
+
+    if isinstance(default, tuple) and isinstance(value, (list, tuple)):
+        return tuple(number(v, default[0]) if default else v for v in value)
+    return number(value, default)
+
+
+def ingest_options(args: argparse.Namespace, uid_salt: str | None) -> Any:
+    """The IngestOptions of ``medgen ingest`` (``--settings``: the config's ingest section, whose
+    secret-file and mapping-file keys belong to the workflow)."""
+    from medgen.io.ingest import IngestOptions
+
+    values = _settings(args, IngestOptions, ignore=("uid_salt_file", "mapping_file"))
+    if "uid_salt" in values:
+        raise OptionError("--settings: the secret does not belong in settings; use MEDGEN_UID_SALT or --uid-salt-file")
+    return IngestOptions(**values, uid_salt=uid_salt)
+
+
+def preprocess_config(args: argparse.Namespace) -> Any:
+    """The PreprocessConfig of ``medgen preprocess`` (``--settings``: the config's preprocess
+    section, whose min_mask_fraction belongs to the split and the datasets)."""
+    from medgen.data.preprocess import PreprocessConfig
+
+    return PreprocessConfig(**_settings(args, PreprocessConfig, ignore=("min_mask_fraction",)))
+
+
 def _ingest(args: argparse.Namespace) -> int:
-    from medgen.io.ingest import IngestOptions, ingest
+    from medgen.io.ingest import ingest
 
     check_output_path(args.out, "folder")
-    options = IngestOptions(
-        on_tilt=args.on_tilt,
-        on_uneven=args.on_uneven,
-        keep_descriptions=args.keep_descriptions,
-        uid_salt=_secret(args),
-        nonfinite=args.nonfinite,
-        form_mismatch=args.form_mismatch,
-        min_slices=args.min_slices,
-        allow_constant=args.allow_constant,
-        keep_subject_labels=args.keep_subject_labels,
-        merge_patients=args.merge_patients,
-    )
+    options = ingest_options(args, _secret(args))
     summary = ingest(args.inputs, args.out, subject=args.subject, modalities=args.modalities, options=options)
     print(summary.render())
     return summary.exit_code
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from medgen.data.preprocess import PreprocessConfig, preprocess_subject
+    from medgen.data.preprocess import preprocess_subject
 
     check_output_path(args.out, "folder")
-    cfg = PreprocessConfig(
-        spacing=tuple(args.spacing),
-        size=tuple(args.size),
-        mr_norm=args.mr_norm,
-        mr_percentiles=tuple(args.mr_percentiles),
-        ct_window=tuple(args.ct_window),
-        register=args.register,
-        reference=args.reference,
-    )
+    cfg = preprocess_config(args)
     inputs = {mod: args.input_dir / f"{mod}.nii.gz" for mod in args.modalities}
     preprocess_subject(inputs, args.out, cfg, labels=args.labels)
     print(f"preprocess: wrote {', '.join(args.modalities)} and mask to {args.out}")
@@ -125,32 +151,58 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``medgen train`` flags named as the keys of the config's ``train`` section (defaults: TrainConfig)
+_TRAIN_FLAGS = ("steps", "batch_size", "seed", "device", "precision", "compile", "num_workers", "ckpt_every", "log_every",
+                "image_every", "ema_decay", "grad_clip", "val_every", "deterministic")
+
+
+def _section_arg(text: str, flag: str) -> dict[str, Any]:
+    """A settings section given to ``flag``: a JSON object, or a JSON/YAML file holding one."""
+    if text.lstrip().startswith("{"):
+        return _json_arg(text, flag)
+    import yaml
+
+    path = Path(text)
+    if not path.is_file():
+        raise OptionError(f"{flag}: {text} is neither a JSON object nor a file")
+    try:
+        value = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise OptionError(f"{flag}: {path} is not valid JSON/YAML ({exc})") from None
+    if not isinstance(value, dict):
+        raise OptionError(f"{flag}: {path} must hold a mapping of settings, got {type(value).__name__}")
+    return value
+
+
+def train_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The run's TrainConfig and cache settings: TrainConfig's defaults, then ``--settings``,
+    then the flags given on the command line."""
+    from medgen.train.settings import read_section
+
+    section = _section_arg(args.settings, "--settings") if args.settings else {}
+    section.update({key: getattr(args, key) for key in _TRAIN_FLAGS if hasattr(args, key)})
+    if getattr(args, "no_amp", False):
+        section["amp"] = False
+    cache = dict(section.get("cache") or {})
+    for dest, key in (("cache_ram_mb", "ram_mb"), ("cache_dir", "dir")):
+        if hasattr(args, dest):
+            cache[key] = getattr(args, dest)
+    if cache:
+        section["cache"] = cache
+    return read_section(section, args.out)
+
+
 def _train(args: argparse.Namespace) -> int:
     from medgen.data.datasets import CachePolicy, set_default_cache_policy
-    from medgen.train.engine import TrainConfig
     from medgen.train.run import train_task
 
     task, options = _json_arg(args.task_json, "--task-json"), _json_arg(args.options_json, "--options-json")
     check_output_path(args.out, "folder")
-    cfg = TrainConfig(
-        out_dir=args.out,
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        amp=not args.no_amp,
-        precision=args.precision,
-        compile=args.compile,
-        ckpt_every=args.ckpt_every,
-        log_every=args.log_every,
-        image_every=args.image_every,
-        ema_decay=None if args.ema_decay <= 0 else args.ema_decay,
-        grad_clip=args.grad_clip,
-        num_workers=args.num_workers,
-        val_every=args.val_every,
-        deterministic=args.deterministic,
-    )
-    set_default_cache_policy(CachePolicy(ram_mb=args.cache_ram_mb, dir=args.cache_dir))
+    cfg, cache = train_settings(args)
+    valid = [f.name for f in dataclasses.fields(CachePolicy)]
+    if set(cache) - set(valid):
+        raise OptionError(f"--settings: unknown cache key(s) {', '.join(map(repr, sorted(set(cache) - set(valid))))}; valid keys: {', '.join(valid)}")
+    set_default_cache_policy(CachePolicy(**cache))
     path = train_task(
         prep_root=args.prep_root,
         split_path=args.split,
@@ -230,6 +282,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medgen.models.artifact import read_card
 
     card = read_card(args.checkpoint)
+    if "encoder" in args.features and args.encoder is None:
+        raise OptionError("--features encoder needs --encoder FILE (the study encoder written by `medgen encoder`); or leave encoder out of --features")
     weights = json.loads(args.extractors_json) if args.extractors_json else {}
     # eval.extractors entries: {"weights": path, **options} -> the extractor's weights_path and options
     extractors: dict[str, dict] = {name: {("weights_path" if k == "weights" else k): v for k, v in weights.get(name, {}).items()} for name in args.features}
@@ -266,6 +320,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 def _downstream(args: argparse.Namespace) -> int:
     from medgen.eval.downstream import evaluate_downstream
+    from medgen.eval.settings import DownstreamSettings
 
     models: dict[str, list[Path]] = {}
     for item in args.model or []:
@@ -276,7 +331,7 @@ def _downstream(args: argparse.Namespace) -> int:
     check_output_path(args.out, "file")
     result = evaluate_downstream(
         task=_json_arg(args.task_json, "--task-json"), prep_root=args.prep_root, split_path=args.split, out_json=args.out, models=models,
-        seeds=args.seeds, steps=args.steps, batch_size=args.batch_size, channels=args.channels,
+        **_settings(args, DownstreamSettings),
     )
     for name, setting in result["settings"].items():
         print(f"downstream: {name} mean Dice {setting['mean_dice']['mean']:.3f} over {len(result['seeds'])} seeds")
@@ -294,8 +349,19 @@ def _report(args: argparse.Namespace) -> int:
     return code
 
 
+#: flags whose default is the settings' own (absent unless given, so that they override a settings file only when given)
+S = argparse.SUPPRESS
+
+
+def _show(values: Sequence[Any]) -> str:
+    return " ".join(map(str, values))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every verb (also used to document the CLI)."""
+    """The argument parser of every verb (also used to document the CLI); defaults come from the settings classes."""
+    from medgen.eval.settings import DownstreamSettings, EvalSettings
+    from medgen.train.settings import engine_defaults
+
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medgen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -315,31 +381,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output root: OUT/<subject>/<modality>.nii.gz")
     p.add_argument("--subject", help="subject label for every input; refused if they hold several patients (default: BIDS label, or a keyed pseudonym)")
     p.add_argument("--modalities", nargs="+", help="modalities that must be found (others are still converted)")
-    p.add_argument("--on-tilt", choices=["refuse", "resample"], default="resample",
+    p.add_argument("--settings", metavar="JSON|FILE",
+                   help="the config's ingest section as a JSON object or a JSON/YAML file; the flags below override it (defaults: IngestOptions)")
+    p.add_argument("--on-tilt", choices=["refuse", "resample"], default=S,
                    help="gantry-tilted series: resample onto an orthogonal grid holding the whole stack (default), or refuse")
-    p.add_argument("--on-uneven", choices=["refuse", "resample"], default="refuse", help="missing slices / uneven spacing")
-    p.add_argument("--keep-descriptions", action="store_true", help="keep SeriesDescription/ProtocolName in sidecars")
+    p.add_argument("--on-uneven", choices=["refuse", "resample"], default=S, help="missing slices / uneven spacing")
+    p.add_argument("--keep-descriptions", action="store_true", default=S, help="keep SeriesDescription/ProtocolName in sidecars")
     p.add_argument("--uid-salt-file", type=Path, help="file holding the pseudonym secret (default: the MEDGEN_UID_SALT environment variable)")
     p.add_argument("--demo-secret", action="store_true", help="use the public demo secret (phantom data only: its pseudonyms protect nothing)")
-    p.add_argument("--keep-subject-labels", action="store_true", help="keep a manifest's subject labels (else keyed pseudonyms)")
-    p.add_argument("--merge-patients", action="store_true", help="let --subject take inputs that hold several patients (PatientID)")
-    p.add_argument("--nonfinite", choices=["error", "zero", "min"], default="error", help="NaN/inf voxels in NIfTI input")
-    p.add_argument("--form-mismatch", choices=["error", "warn"], default="error", help="NIfTI qform != sform")
-    p.add_argument("--min-slices", type=_at_least(1), default=1, help="series with fewer slices are skipped (default 1: single slices convert)")
-    p.add_argument("--allow-constant", action="store_true", help="keep images whose voxels all have one value (refused by default)")
+    p.add_argument("--keep-subject-labels", action="store_true", default=S, help="keep a manifest's subject labels (else keyed pseudonyms)")
+    p.add_argument("--merge-patients", action="store_true", default=S, help="let --subject take inputs that hold several patients (PatientID)")
+    p.add_argument("--nonfinite", choices=["error", "zero", "min"], default=S, help="NaN/inf voxels in NIfTI input")
+    p.add_argument("--form-mismatch", choices=["error", "warn"], default=S, help="NIfTI qform != sform")
+    p.add_argument("--min-slices", type=_at_least(1), default=S, help="series with fewer slices are skipped (default 1: single slices convert)")
+    p.add_argument("--allow-constant", action="store_true", default=S, help="keep images whose voxels all have one value (refused by default)")
     p.set_defaults(handler=_ingest)
 
     p = verbs.add_parser("preprocess", help="reorient, resample, mask, normalise one subject (MONAI transforms)")
     p.add_argument("--input-dir", type=Path, required=True, help="folder with <modality>.nii.gz (ingest output)")
     p.add_argument("--modalities", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--spacing", type=float, nargs=3, default=[2.0, 2.0, 2.0], metavar=("X", "Y", "Z"))
-    p.add_argument("--size", type=int, nargs=3, default=[96, 112, 96], metavar=("X", "Y", "Z"))
-    p.add_argument("--mr-norm", choices=["percentile", "zscore"], default="percentile")
-    p.add_argument("--mr-percentiles", type=float, nargs=2, default=[0.5, 99.5], metavar=("LOW", "HIGH"))
-    p.add_argument("--ct-window", type=float, nargs=2, default=[-1024.0, 3000.0], metavar=("LOW", "HIGH"), help="HU window mapped to [-1, 1]")
-    p.add_argument("--register", action="store_true", help="rigidly register each modality to the reference (SimpleITK)")
-    p.add_argument("--reference", help="modality whose grid the others follow (default: the first)")
+    p.add_argument("--settings", metavar="JSON|FILE",
+                   help="the config's preprocess section as a JSON object or a JSON/YAML file; the flags below override it (defaults: PreprocessConfig)")
+    p.add_argument("--spacing", type=float, nargs=3, default=S, metavar=("X", "Y", "Z"), help="voxel size in mm")
+    p.add_argument("--size", type=int, nargs=3, default=S, metavar=("X", "Y", "Z"), help="output grid in voxels")
+    p.add_argument("--mr-norm", choices=["percentile", "zscore"], default=S)
+    p.add_argument("--mr-percentiles", type=float, nargs=2, default=S, metavar=("LOW", "HIGH"))
+    p.add_argument("--ct-window", type=float, nargs=2, default=S, metavar=("LOW", "HIGH"), help="HU window mapped to [-1, 1]")
+    p.add_argument("--register", action="store_true", default=S, help="rigidly register each modality to the reference (SimpleITK)")
+    p.add_argument("--reference", default=S, help="modality whose grid the others follow (default: the first)")
     p.add_argument("--labels", type=Path, help="ground-truth label map resampled with the images (nearest neighbour)")
     p.set_defaults(handler=_preprocess)
 
@@ -360,25 +430,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model name from the registry (glow, gan, cgan, ...)")
     p.add_argument("--options-json", default="{}", help="model options as JSON")
     p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, checkpoint.pt, log.jsonl, tb/, samples/")
-    p.add_argument("--steps", type=_at_least(1), required=True)
-    p.add_argument("--batch-size", type=_at_least(1), default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--no-amp", action="store_true", help="disable mixed precision (same as --precision fp32)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast on GPUs with bf16 and CPUs with avx512_bf16/AMX, fp16 on older GPUs, else fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    p.add_argument("--num-workers", type=_at_least(0), default=0, help="data-loading worker processes")
-    p.add_argument("--cache-ram-mb", type=float, default=None, help="MB of volumes cached in RAM (default: all); the rest on disk")
-    p.add_argument("--cache-dir", type=Path, default=None, help="local-disk cache for volumes beyond --cache-ram-mb (default: a temporary folder)")
-    p.add_argument("--ckpt-every", type=_at_least(1), default=100)
-    p.add_argument("--log-every", type=_at_least(1), default=10)
-    p.add_argument("--image-every", type=_at_least(0), default=200)
-    p.add_argument("--ema-decay", type=float, default=0.999, help="<= 0 disables the EMA")
-    p.add_argument("--grad-clip", type=float, default=None)
-    p.add_argument("--val-every", type=int, default=0, help="translation: validation MAE every N steps; model.pt holds the best (0: none, last weights)")
+    p.add_argument("--settings", metavar="JSON|FILE",
+                   help="training settings (the config's train section) as a JSON object or a JSON/YAML file; the flags below override it")
+    d = engine_defaults()
+    p.add_argument("--steps", type=_at_least(1), default=S, help=f"training steps (default {d['steps']})")
+    p.add_argument("--batch-size", type=_at_least(1), default=S, help=f"per process (default {d['batch_size']})")
+    p.add_argument("--seed", type=int, default=S, help=f"default {d['seed']}")
+    p.add_argument("--device", default=S, help=f"auto (CUDA when present), cpu, cuda, cuda:1 ... (default {d['device']})")
+    p.add_argument("--no-amp", action="store_true", default=S, help="disable mixed precision (same as --precision fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=S,
+                   help=f"auto: bf16 autocast on GPUs with bf16 and CPUs with avx512_bf16/AMX, fp16 on older GPUs, else fp32 (default {d['precision']})")
+    p.add_argument("--compile", action="store_true", default=S, help="torch.compile the networks")
+    p.add_argument("--num-workers", type=_at_least(0), default=S, help=f"data-loading worker processes (default {d['num_workers']})")
+    p.add_argument("--cache-ram-mb", type=float, default=S, help="MB of volumes cached in RAM (default: all); the rest on disk")
+    p.add_argument("--cache-dir", type=Path, default=S, help="local-disk cache for volumes beyond --cache-ram-mb (default: a temporary folder)")
+    p.add_argument("--ckpt-every", type=_at_least(1), default=S, help=f"steps between checkpoints (default {d['ckpt_every']})")
+    p.add_argument("--log-every", type=_at_least(1), default=S, help=f"steps between log points (default {d['log_every']})")
+    p.add_argument("--image-every", type=_at_least(0), default=S, help=f"steps between sample grids, 0: none (default {d['image_every']})")
+    p.add_argument("--ema-decay", type=float, default=S, help=f"<= 0 disables the EMA (default {d['ema_decay']})")
+    p.add_argument("--grad-clip", type=float, default=S, help=f"max global gradient norm (default {d['grad_clip']})")
+    p.add_argument("--val-every", type=int, default=S,
+                   help=f"translation: validation MAE every N steps; model.pt holds the best (0: none, last weights; default {d['val_every']})")
     p.add_argument("--encoder", type=Path, default=None, help="generation: study encoder (medgen encoder); with --val-every, FD on the validation split picks model.pt")
-    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms where torch has them (see medgen.train.determinism)")
+    p.add_argument("--deterministic", action="store_true", default=S, help="deterministic algorithms where torch has them (see medgen.train.determinism)")
     p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
     p.add_argument("--restart", action="store_true",
@@ -419,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--modalities", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=_at_least(1), default=300)
+    p.add_argument("--steps", type=_at_least(1), default=EvalSettings.encoder_steps, help=f"default {EvalSettings.encoder_steps}")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_encoder)
 
@@ -435,9 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nifti-root", type=Path, help="translation: ingested volumes (ground truth)")
     p.add_argument("--checkpoint", type=Path, help="generation: model.pt")
     p.add_argument("--samples", type=Path, help="generation: manifest.tsv of the samples")
-    p.add_argument("--features", nargs="+", default=["radiomics"], help="generation: feature extractors")
+    p.add_argument("--features", nargs="+", default=list(EvalSettings.features),
+                   help=f"generation: feature extractors (default {' '.join(EvalSettings.features)}; encoder needs --encoder)")
     p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
-    p.add_argument("--max-real", type=_at_least(1), default=256, help="generation: real test slices drawn (the memorization audit uses every training slice)")
+    p.add_argument("--max-real", type=_at_least(1), default=EvalSettings.max_real,
+                   help=f"generation: real test slices drawn (default {EvalSettings.max_real}; the memorization audit uses every training slice)")
     p.add_argument("--extractors-json", help='generation: pretrained extractors as JSON, e.g. {"radimagenet": {"weights": "rin.pt"}} (config eval.extractors)')
     p.add_argument("--baselines", type=Path, help="translation: the task's baselines.json, copied into the metrics file")
     p.set_defaults(handler=_evaluate)
@@ -458,10 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="downstream JSON")
     p.add_argument("--model", action="append", metavar="NAME=PATH[,PATH]", help="a trained model (one model.pt per seed); repeatable")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="segmentation training seeds")
-    p.add_argument("--steps", type=int, default=300, help="segmentation training steps per seed")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="UNet channels per level")
+    ds = DownstreamSettings()
+    p.add_argument("--settings", metavar="JSON|FILE", help="the config's eval.downstream section as a JSON object or a JSON/YAML file; the flags below override it")
+    p.add_argument("--seeds", type=int, nargs="+", default=S, help=f"segmentation training seeds (default {_show(ds.seeds)})")
+    p.add_argument("--steps", type=int, default=S, help=f"segmentation training steps per seed (default {ds.steps})")
+    p.add_argument("--batch-size", type=int, default=S, help=f"default {ds.batch_size}")
+    p.add_argument("--channels", type=int, nargs="+", default=S, help=f"UNet channels per level (default {_show(ds.channels)})")
     p.set_defaults(handler=_downstream)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -63,6 +64,9 @@ def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) 
             "invalid configuration:\n  config key 'ingest.uid_salt': a secret does not belong in a config (it is copied "
             "into results); set the environment variable MEDGEN_UID_SALT or name a file holding it in ingest.uid_salt_file"
         )
+    problems = _upgrade_model_entries(cfg)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
@@ -115,8 +119,43 @@ def _extractor_problems(cfg: dict[str, Any]) -> Iterator[str]:
             yield f"config key 'eval.features' lists {name!r} but '{key}' is not set: give the local weights file"
 
 
-#: keys of a model's entry that configure its training or sampling rather than the model
-TRAIN_KEYS = ("steps", "batch_size", "temperature", "val_every")
+#: the sections of a model's entry under ``tasks.<task>.models``
+ENTRY_SECTIONS = ("options", "train", "sample")
+#: keys the former mixed form of a model's entry held beside the options, and their section now
+MOVED_ENTRY_KEYS = {"steps": "train", "batch_size": "train", "val_every": "train", "temperature": "sample"}
+
+
+def _upgrade_model_entries(cfg: dict[str, Any]) -> list[str]:
+    """Rewrite model entries of the former mixed form (``{ngf: 32, steps: 600}``) in place as
+    ``{options: {ngf: 32}, train: {steps: 600}}``, each with a FutureWarning that shows the new
+    form; returns a problem for each entry that mixes both forms."""
+    problems = []
+    tasks = cfg.get("tasks")
+    for task_name, task in (tasks.items() if isinstance(tasks, dict) else ()):
+        models = task.get("models") if isinstance(task, dict) else None
+        for model, entry in (models.items() if isinstance(models, dict) else ()):
+            loose = [k for k in entry if k not in ENTRY_SECTIONS] if isinstance(entry, dict) else []
+            if not loose:
+                continue
+            key = f"tasks.{task_name}.models.{model}"
+            sections = [k for k in entry if k in ENTRY_SECTIONS]
+            if sections:
+                problems.append(
+                    f"config key '{key}': {', '.join(map(repr, loose))} beside {', '.join(map(repr, sections))}; put the model's options "
+                    f"under 'options', {', '.join(k for k, v in MOVED_ENTRY_KEYS.items() if v == 'train')} under 'train' and temperature under 'sample'"
+                )
+                continue
+            upgraded: dict[str, dict[str, Any]] = {"options": {k: v for k, v in entry.items() if k not in MOVED_ENTRY_KEYS}}
+            for name, section in MOVED_ENTRY_KEYS.items():
+                if name in entry:
+                    upgraded.setdefault(section, {})[name] = entry[name]
+            models[model] = upgraded
+            shown = yaml.safe_dump(upgraded, default_flow_style=True, sort_keys=False, width=10**6).strip()
+            warnings.warn(
+                f"config key '{key}': model options and training keys side by side are deprecated; write the entry as {shown}",
+                FutureWarning, stacklevel=3,
+            )
+    return problems
 
 
 def _task_problems(cfg: dict[str, Any]) -> Iterator[str]:
@@ -137,7 +176,7 @@ def _task_problems(cfg: dict[str, Any]) -> Iterator[str]:
                 yield f"config key '{key}.modalities': {mods} must be a non-empty subset of {cfg['modalities']}"
             if len(mods) > 1 and task.get("condition") != "modality":
                 yield f"config key '{key}.condition': several modalities need condition 'modality'"
-        for model, options in task["models"].items():
+        for model, entry in task["models"].items():
             if model not in MODELS:
                 yield f"config key '{key}.models.{model}': unknown model; valid names: {', '.join(sorted(MODELS))}"
                 continue
@@ -145,9 +184,9 @@ def _task_problems(cfg: dict[str, Any]) -> Iterator[str]:
                 yield f"config key '{key}.models.{model}': label-map models ({', '.join(sorted(label_map_models))}) and condition 'label_map' go together"
             if task_kind(model) != task["kind"]:
                 yield f"config key '{key}.models.{model}': a {task_kind(model)} model in a {task['kind']} task"
-            valid = set(model_options(model)) | set(TRAIN_KEYS) | {"patch_size"}
-            for option in sorted(set(options) - valid):
-                yield f"config key '{key}.models.{model}.{option}': unknown option; valid options: {', '.join(sorted(valid))}"
+            valid = set(model_options(model)) | {"patch_size"}
+            for option in sorted(set(entry["options"]) - valid):
+                yield f"config key '{key}.models.{model}.options.{option}': unknown option; valid options: {', '.join(sorted(valid))}"
 
 
 def load_config(path: Path | str) -> dict[str, Any]:

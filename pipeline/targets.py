@@ -20,7 +20,6 @@ from typing import Any, Iterator
 
 from medgen import layout
 from medgen.layout import SEED_FOLDER
-from pipeline.config import TRAIN_KEYS
 
 
 def model_wildcard() -> str:
@@ -68,16 +67,25 @@ def task_json(cfg: dict[str, Any], task: str) -> str:
     return json.dumps({"name": task, **spec}, sort_keys=True)
 
 
+def model_entry(cfg: dict[str, Any], task: str, model: str) -> dict[str, Any]:
+    """A model's entry of a validated config, ``{options, train, sample}`` (``model`` may be a run)."""
+    return cfg["tasks"][task]["models"][run_model(model)]
+
+
 def model_options_json(cfg: dict[str, Any], task: str, model: str) -> str:
-    """The model's options (its entry without the training keys) as JSON (``model`` may be a run)."""
-    entry = cfg["tasks"][task]["models"][run_model(model)] or {}
-    return json.dumps({k: v for k, v in entry.items() if k not in TRAIN_KEYS}, sort_keys=True)
+    """The model's options as JSON (``medgen train --options-json``; ``model`` may be a run)."""
+    return json.dumps(model_entry(cfg, task, model)["options"], sort_keys=True)
 
 
-def train_setting(cfg: dict[str, Any], task: str, model: str, key: str) -> Any:
-    """A training setting, the model's own override first, then the ``train`` section (``model`` may be a run)."""
-    entry = cfg["tasks"][task]["models"][run_model(model)] or {}
-    return entry.get(key, cfg["train"][key])
+def train_settings(cfg: dict[str, Any], task: str, model: str) -> dict[str, Any]:
+    """A run's training settings: the ``train`` section with the model's own ``train`` keys over
+    it and the run's seed (``model`` may be a run)."""
+    return {**cfg["train"], **model_entry(cfg, task, model)["train"], "seed": run_seed(cfg, task, model)}
+
+
+def train_settings_json(cfg: dict[str, Any], task: str, model: str) -> str:
+    """:func:`train_settings` as JSON (``medgen train --settings``)."""
+    return json.dumps(train_settings(cfg, task, model), sort_keys=True)
 
 
 def downstream_tasks(cfg: dict[str, Any]) -> list[str]:

@@ -132,9 +132,7 @@ rule downstream:
         task=lambda wc: task_json(config, wc.task),
         prep=layout.prep_dir(RESULTS),
         models=lambda wc: " ".join(f"--model {m}={','.join(p)}" for m, p in downstream_models(config, RESULTS, wc.task).items()),
-        d=config["eval"]["downstream"],
-        seeds=" ".join(str(s) for s in config["eval"]["downstream"]["seeds"]),
-        channels=" ".join(str(c) for c in config["eval"]["downstream"]["channels"]),
+        settings=json.dumps(config["eval"]["downstream"], sort_keys=True),
     log:
         f"{RESULTS}/logs/downstream/{{task}}.log",
     benchmark:
@@ -144,5 +142,4 @@ rule downstream:
         runtime=60,
     shell:
         MEDGEN + " downstream --task-json {params.task:q} --prep-root {params.prep} --split {input.split} --out {output}"
-        " {params.models} --steps {params.d[steps]} --batch-size {params.d[batch_size]}"
-        " --seeds {params.seeds} --channels {params.channels} > {log} 2>&1"
+        " {params.models} --settings {params.settings:q} > {log} 2>&1"

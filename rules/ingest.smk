@@ -1,4 +1,5 @@
 # DICOM series / NIfTI -> de-identified NIfTI + JSON sidecars, one job per subject.
+import json
 
 rule ingest:
     input:
@@ -8,15 +9,11 @@ rule ingest:
         sidecars=expand(layout.nifti_sidecar(RESULTS, "{{subject}}"), modality=MODALITIES),
     params:
         out=layout.nifti_dir(RESULTS),
-        opts=config["ingest"],
+        # the ingest section (its uid_salt_file and mapping_file are the workflow's) and data.keep_subject_labels
+        settings=json.dumps({**config["ingest"], "keep_subject_labels": config["data"]["keep_subject_labels"]}, sort_keys=True),
         modalities=" ".join(MODALITIES),
         # the secret reaches medgen through the environment or this file, never on the command line
         secret=INGEST_SECRET_FLAG,
-        flags=" ".join(
-            flag for flag, on in (("--keep-descriptions", config["ingest"]["keep_descriptions"]),
-                                  ("--keep-subject-labels", config["data"]["keep_subject_labels"]),
-                                  ("--merge-patients", config["ingest"]["merge_patients"]),
-                                  ("--allow-constant", config["ingest"]["allow_constant"])) if on),
     log:
         f"{RESULTS}/logs/ingest/{{subject}}.log",
     benchmark:
@@ -26,7 +23,4 @@ rule ingest:
         runtime=20,
     shell:
         MEDGEN + " ingest {input} --out {params.out} --subject {wildcards.subject} --modalities {params.modalities}"
-        " --on-tilt {params.opts[on_tilt]} --on-uneven {params.opts[on_uneven]}"
-        " {params.secret} --nonfinite {params.opts[nonfinite]}"
-        " --form-mismatch {params.opts[form_mismatch]} --min-slices {params.opts[min_slices]}"
-        " {params.flags} > {log} 2>&1"
+        " --settings {params.settings:q} {params.secret} > {log} 2>&1"

@@ -1,4 +1,5 @@
 # Reorient, resample, mask and normalise each subject onto one grid shared by its modalities.
+import json
 
 def _preprocess_inputs(wc):
     inputs = {m: layout.nifti_image(RESULTS, wc.subject, m) for m in MODALITIES}
@@ -18,11 +19,9 @@ rule preprocess:
     params:
         indir=lambda wc: layout.nifti_subject_dir(RESULTS, wc.subject),
         outdir=lambda wc: layout.prep_subject_dir(RESULTS, wc.subject),
-        p=config["preprocess"],
+        settings=json.dumps(config["preprocess"], sort_keys=True),  # its min_mask_fraction is the split's and the datasets'
         modalities=" ".join(MODALITIES),
         labels=lambda wc, input: f"--labels {input.labels}" if "labels" in input.keys() else "",
-        reference=lambda wc: f"--reference {config['preprocess']['reference']}" if config["preprocess"]["reference"] else "",
-        register="--register" if config["preprocess"]["register"] else "",
     log:
         f"{RESULTS}/logs/preprocess/{{subject}}.log",
     benchmark:
@@ -32,8 +31,4 @@ rule preprocess:
         runtime=20,
     shell:
         MEDGEN + " preprocess --input-dir {params.indir} --modalities {params.modalities} --out {params.outdir}"
-        " --spacing {params.p[spacing][0]} {params.p[spacing][1]} {params.p[spacing][2]}"
-        " --size {params.p[size][0]} {params.p[size][1]} {params.p[size][2]}"
-        " --mr-norm {params.p[mr_norm]} --mr-percentiles {params.p[mr_percentiles][0]} {params.p[mr_percentiles][1]}"
-        " --ct-window {params.p[ct_window][0]} {params.p[ct_window][1]}"
-        " {params.reference} {params.register} {params.labels} > {log} 2>&1"
+        " --settings {params.settings:q} {params.labels} > {log} 2>&1"

@@ -1,5 +1,5 @@
 # Augmentation sets: samples of every generation model as NIfTI + manifest + PNG grid.
-from pipeline.targets import run_model, run_seed
+from pipeline.targets import model_entry, run_seed
 
 
 def _sample_labels(wc):
@@ -23,7 +23,7 @@ rule sample:
         n=lambda wc: config["tasks"][wc.task]["samples"],
         labels=_sample_labels,
         seed=lambda wc: run_seed(config, wc.task, wc.model),
-        temperature=lambda wc: (config["tasks"][wc.task]["models"][run_model(wc.model)] or {}).get("temperature", 1.0),
+        sampling=lambda wc: "".join(f" --{k} {v}" for k, v in sorted(model_entry(config, wc.task, wc.model)["sample"].items())),
     log:
         f"{RESULTS}/logs/sample/{{task}}/{{model}}.log",
     benchmark:
@@ -32,4 +32,4 @@ rule sample:
         mem_mb=4000,
         runtime=30,
     shell:
-        MEDGEN + " sample --checkpoint {input.model} --n {params.n} --out {params.out} --seed {params.seed} --temperature {params.temperature} {params.labels} > {log} 2>&1"
+        MEDGEN + " sample --checkpoint {input.model} --n {params.n} --out {params.out} --seed {params.seed}{params.sampling} {params.labels} > {log} 2>&1"

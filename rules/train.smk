@@ -3,7 +3,7 @@
 # it only if it records this run's fingerprint (model, options, task, split, preprocessing, data);
 # a checkpoint of another run is moved aside (checkpoint.stale-<n>.pt) and training starts afresh.
 from medgen.train.launch import torchrun_command
-from pipeline.targets import model_options_json, run_model, run_seed, task_json, train_setting
+from pipeline.targets import model_options_json, run_model, task_json, train_settings, train_settings_json
 
 # Several GPUs: one process per GPU through torchrun (gradients averaged each step); several
 # nodes (train.nodes > 1): srun starts one torchrun agent per node, joined by a c10d rendezvous.
@@ -16,7 +16,7 @@ def _validation_encoder(wc):
     """The study encoder for a generation model that validates (FD on the validation split in its
     space picks model.pt), when the study evaluates in that space; else nothing. The encoder rule
     reads only the split and the preprocessed training subjects, so this adds no cycle."""
-    validates = train_setting(config, wc.task, wc.model, "val_every") > 0 and "encoder" in config["eval"]["features"]
+    validates = train_settings(config, wc.task, wc.model)["val_every"] > 0 and "encoder" in config["eval"]["features"]
     return [layout.encoder_file(RESULTS)] if config["tasks"][wc.task]["kind"] == "generation" and validates else []
 
 
@@ -32,18 +32,10 @@ rule train:
         out=lambda wc: layout.model_dir(RESULTS, wc.task, wc.model),
         task=lambda wc: task_json(config, wc.task),
         name=lambda wc: run_model(wc.model),
-        seed=lambda wc: run_seed(config, wc.task, wc.model),
         options=lambda wc: model_options_json(config, wc.task, wc.model),
-        steps=lambda wc: train_setting(config, wc.task, wc.model, "steps"),
-        val_every=lambda wc: train_setting(config, wc.task, wc.model, "val_every"),
+        # every training setting of the run in one object: a change to any of them reruns the job
+        train=lambda wc: train_settings_json(config, wc.task, wc.model),
         encoder=lambda wc, input: f" --encoder {input.encoder}" if input.encoder else "",
-        batch=lambda wc: train_setting(config, wc.task, wc.model, "batch_size"),
-        t=config["train"],
-        flags=("" if config["train"]["amp"] else " --no-amp") + (" --compile" if config["train"]["compile"] else "")
-        + f" --precision {config['train'].get('precision', 'auto')} --num-workers {config['train'].get('num_workers', 0)}"
-        + (f" --cache-ram-mb {config['train']['cache']['ram_mb']}" if config["train"].get("cache", {}).get("ram_mb") is not None else "")
-        + (f" --cache-dir {config['train']['cache']['dir']}" if config["train"].get("cache", {}).get("dir") else "")
-        + (" --deterministic" if config["train"]["deterministic"] else ""),
     log:
         f"{RESULTS}/logs/train/{{task}}/{{model}}.log",
     benchmark:
@@ -55,7 +47,5 @@ rule train:
         nodes=_NODES,
     shell:
         f"{_MEDGEN_TRAIN} --prep-root {{params.prep}} --split {{input.split}} --task-json {{params.task:q}}"
-        " --model {params.name} --options-json {params.options:q} --out {params.out}"
-        " --steps {params.steps} --batch-size {params.batch} --seed {params.seed} --device {params.t[device]}"
-        " --ckpt-every {params.t[ckpt_every]} --log-every {params.t[log_every]} --image-every {params.t[image_every]}"
-        " --ema-decay {params.t[ema_decay]} --val-every {params.val_every}{params.encoder}{params.flags} --on-mismatch restart > {log} 2>&1"
+        " --model {params.name} --options-json {params.options:q} --settings {params.train:q} --out {params.out}"
+        "{params.encoder} --on-mismatch restart > {log} 2>&1"

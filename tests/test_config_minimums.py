@@ -21,12 +21,12 @@ def config_with(model_entry: dict, *, train: dict | None = None, models: dict | 
 @pytest.mark.parametrize(
     "entry, key",
     [
-        ({"steps": 0}, "tasks.t1.models.gan.steps"),
-        ({"steps": -5}, "tasks.t1.models.gan.steps"),
-        ({"batch_size": 0}, "tasks.t1.models.gan.batch_size"),
-        ({"temperature": 0}, "tasks.t1.models.gan.temperature"),
-        ({"spatial_dims": 4}, "tasks.t1.models.gan.spatial_dims"),
-        ({"patch_size": [16, 0, 16]}, "tasks.t1.models.gan.patch_size.1"),
+        ({"train": {"steps": 0}}, "tasks.t1.models.gan.train.steps"),
+        ({"train": {"steps": -5}}, "tasks.t1.models.gan.train.steps"),
+        ({"train": {"batch_size": 0}}, "tasks.t1.models.gan.train.batch_size"),
+        ({"sample": {"temperature": 0}}, "tasks.t1.models.gan.sample.temperature"),
+        ({"options": {"spatial_dims": 4}}, "tasks.t1.models.gan.options.spatial_dims"),
+        ({"options": {"patch_size": [16, 0, 16]}}, "tasks.t1.models.gan.options.patch_size.1"),
     ],
 )
 def test_model_entry_values_that_would_fail_in_the_job_are_refused(entry, key):
@@ -46,5 +46,5 @@ def test_empty_model_list_is_refused():
 
 
 def test_valid_entries_pass():
-    cfg = validate_config(config_with({"steps": 1, "batch_size": 1, "temperature": 0.7, "ngf": 8}))
-    assert cfg["tasks"]["t1"]["models"]["gan"]["steps"] == 1
+    cfg = validate_config(config_with({"options": {"ngf": 8}, "train": {"steps": 1, "batch_size": 1}, "sample": {"temperature": 0.7}}))
+    assert cfg["tasks"]["t1"]["models"]["gan"]["train"]["steps"] == 1

@@ -31,6 +31,7 @@ from medgen.data.datasets import SliceDataset
 from medgen.data.splits import read_split
 from medgen.data.tissues import LABELS
 from medgen.eval.paired import bootstrap_ci
+from medgen.eval.settings import DownstreamSettings
 from medgen.io.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -180,10 +181,10 @@ def evaluate_downstream(
     split_path: Path,
     out_json: Path,
     models: Mapping[str, Sequence[Path]] | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
-    steps: int = 300,
-    batch_size: int = 16,
-    channels: Sequence[int] = (16, 32, 64),
+    seeds: Sequence[int] = DownstreamSettings.seeds,
+    steps: int = DownstreamSettings.steps,
+    batch_size: int = DownstreamSettings.batch_size,
+    channels: Sequence[int] = DownstreamSettings.channels,
 ) -> dict[str, Any]:
     """Train and score every setting (see module doc) and write ``out_json``::
 

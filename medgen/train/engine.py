@@ -20,7 +20,6 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -40,43 +39,12 @@ from medgen.train.sampler import EpochSampler
 from medgen.train import precision
 from medgen.train.step import EngineStepContext, make_scalers
 from medgen.train.determinism import deterministic_mode
+from medgen.train.settings import TrainConfig  # noqa: F401 - the engine's settings, imported from here by callers
 from medgen.train.validation import Validator
 
 log = logging.getLogger(__name__)
 
 SAMPLE_COUNT = 16
-
-
-@dataclass
-class TrainConfig:
-    """Engine settings (model and data settings live in the config snapshot)."""
-
-    out_dir: Path
-    max_steps: int
-    batch_size: int = 16  # per rank
-    seed: int = 0
-    device: str = "auto"  # auto -> cuda (cuda:<LOCAL_RANK> under torchrun) if available, else cpu
-    amp: bool = True  # False forces fp32 whatever ``precision`` says
-    precision: str = "auto"  # auto | fp32 | bf16 (medgen.train.precision: auto = bf16 where the hardware has it)
-    compile: bool = False  # torch.compile each of the model's networks in place
-    ckpt_every: int = 100  # steps; a checkpoint is also written at max_steps
-    log_every: int = 10  # steps between scalar log points (losses averaged over the interval)
-    image_every: int = 200  # steps between sample grids (0 disables); also at max_steps
-    ema_decay: float | None = 0.999  # EMA of the parameters, used for sampling and model.pt
-    grad_clip: float | None = None  # max global grad norm per optimizer step
-    num_workers: int = 0
-    val_every: int = 0  # steps between validations (0: none); the best validated weights go to model.pt
-    deterministic: bool = False  # deterministic algorithms where torch has them (see deterministic_mode)
-
-    def __post_init__(self) -> None:
-        self.out_dir = Path(self.out_dir)
-        for name in ("max_steps", "batch_size", "ckpt_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.precision not in precision.PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {', '.join(precision.PRECISIONS)}, got {self.precision!r}")
-        if self.val_every < 0:
-            raise ValueError(f"TrainConfig.val_every must be >= 0 (0 disables validation), got {self.val_every}")
 
 
 class Trainer:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from medgen.train.settings import PRECISIONS  # noqa: F401 - the one list of precision values
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

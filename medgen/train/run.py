@@ -83,7 +83,7 @@ def _check_option_names(model_name: str, options: Mapping[str, Any]) -> None:
     if unknown:
         raise OptionError(
             f"unknown option(s) {', '.join(map(repr, unknown))} for model {model_name!r} (--options-json, or the "
-            f"model's entry under tasks.<task>.models in the config); valid options: {', '.join(sorted({*valid, *ENGINE_OPTIONS}))}"
+            f"options of the model's entry under tasks.<task>.models in the config); valid options: {', '.join(sorted({*valid, *ENGINE_OPTIONS}))}"
         )
 
 
