@@ -540,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=S, help=f"segmentation training steps per seed (default {ds.steps})")
     p.add_argument("--batch-size", type=int, default=S, help=f"default {ds.batch_size}")
     p.add_argument("--channels", type=int, nargs="+", default=S, help=f"UNet channels per level (default {_show(ds.channels)})")
+    p.add_argument("--min-mask-fraction", type=float, default=S, help=f"slices with a smaller head-mask share are left out (default {ds.min_mask_fraction})")
     p.set_defaults(handler=_downstream)
 
     p = verbs.add_parser("report", help="one self-contained HTML page of a results folder")

@@ -36,17 +36,15 @@ from medgen.io.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-#: slices whose head mask covers less than this share of the slice are left out (as elsewhere)
-MIN_MASK_FRACTION = 0.15
-
-
-def real_slices(prep_root: Path, subjects: Sequence[str], modality: str, *, context: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def real_slices(
+    prep_root: Path, subjects: Sequence[str], modality: str, *, context: int = 0, min_mask_fraction: float = DownstreamSettings.min_mask_fraction
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images (N, 1, H, W) on the normalised scale, label maps (N, 1, H, W) int64 and each slice's subject.
 
     With ``context`` > 0 the images are 2.5D, (N, 2·context+1, H, W): each axial slice with its
     ``context`` neighbours on each side (edge slices repeated beyond the volume), as training and
     ``medgen translate`` build them."""
-    ds = SliceDataset(prep_root, list(subjects), [modality], labels=True, min_mask_fraction=MIN_MASK_FRACTION)
+    ds = SliceDataset(prep_root, list(subjects), [modality], labels=True, min_mask_fraction=min_mask_fraction)
     items = [ds[i] for i in range(len(ds))]
     if not items:
         raise ValueError(f"{prep_root}: no slices of {modality} with labels for subjects {list(subjects)}")
@@ -185,6 +183,7 @@ def evaluate_downstream(
     steps: int = DownstreamSettings.steps,
     batch_size: int = DownstreamSettings.batch_size,
     channels: Sequence[int] = DownstreamSettings.channels,
+    min_mask_fraction: float = DownstreamSettings.min_mask_fraction,
 ) -> dict[str, Any]:
     """Train and score every setting (see module doc) and write ``out_json``::
 
@@ -199,13 +198,13 @@ def evaluate_downstream(
     split = read_split(split_path)
     translation = task["kind"] == "translation"
     modality = task["target"] if translation else task["modalities"][0]
-    images, labels, _ = real_slices(prep_root, split["train"], modality)
-    test_images, test_labels, test_subjects = real_slices(prep_root, split["test"], modality)
+    images, labels, _ = real_slices(prep_root, split["train"], modality, min_mask_fraction=min_mask_fraction)
+    test_images, test_labels, test_subjects = real_slices(prep_root, split["test"], modality, min_mask_fraction=min_mask_fraction)
     source_by_context: dict[int, np.ndarray] = {}  # training source slices per 2.5D context, built once
 
     def sources_for(context: int) -> np.ndarray:
         if context not in source_by_context:
-            source_by_context[context] = real_slices(prep_root, split["train"], task["source"], context=context)[0]
+            source_by_context[context] = real_slices(prep_root, split["train"], task["source"], context=context, min_mask_fraction=min_mask_fraction)[0]
         return source_by_context[context]
     n_classes = max(LABELS) + 1
     class_names = [LABELS[c] for c in range(1, n_classes)]
@@ -239,6 +238,7 @@ def evaluate_downstream(
         "loss": "monai.losses.DiceCELoss (softmax, one-hot)",
         "metric": "monai.metrics.DiceMetric per class, per test subject over its slices; mean over subjects, bootstrap 95% CI over subjects, SD over seeds",
         "steps": steps,
+        "min_mask_fraction": min_mask_fraction,
         "batch_size": batch_size,
         "seeds": list(seeds),
         "n_train_slices": len(images),

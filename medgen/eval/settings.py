@@ -24,3 +24,8 @@ class DownstreamSettings:
     batch_size: int = 16
     channels: tuple[int, ...] = (16, 32, 64)  # UNet channels per level
     seeds: tuple[int, ...] = (0, 1, 2)
+    # Slices whose head mask covers less than this share of the slice are left out of the Dice
+    # study. Stricter than preprocess.min_mask_fraction (0.05, the slices models train on): near
+    # the vertex and the skull base a slice holds a few voxels of each tissue, where per-class
+    # Dice is dominated by single voxels.
+    min_mask_fraction: float = 0.15
