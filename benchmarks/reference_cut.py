@@ -58,8 +58,19 @@ class ReferenceCUT:
         if not antialias:
             argv += ["--no_antialias", "--no_antialias_up"]
         torch.manual_seed(seed)
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints every option and network
-            opt = TrainOptions(cmd_line=" ".join(argv)).parse()  # it splits on whitespace
+        # The reference's CUTModel.modify_commandline_options reads sys.argv itself (not the
+        # cmd_line given to TrainOptions) to choose the CUT_mode defaults (FastCUT: nce_idt off,
+        # lambda_NCE 10, flip equivariance); without argv in place every mode would build CUT.
+        saved_argv = sys.argv
+        sys.argv = [saved_argv[0], *argv]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints every option and network
+                opt = TrainOptions(cmd_line=" ".join(argv)).parse()  # it splits on whitespace
+        finally:
+            sys.argv = saved_argv
+        if opt.nce_idt != (mode == "cut"):
+            raise RuntimeError(f"reference options: {mode} built with nce_idt={opt.nce_idt}")
+        with contextlib.redirect_stdout(io.StringIO()):
             self.model = create_model(opt)
             self.data = {
                 "A": torch.rand(1, 1, size, size) * 2 - 1,
