@@ -70,8 +70,9 @@ class GenerativeModel(nn.Module, abc.ABC):
 
     Subclasses keep every network as a submodule, so ``state_dict()`` holds them all, and name
     their optimizers in :meth:`configure_optimizers`. Each declares what it is in the class
-    attributes below; every list of models by kind elsewhere is derived from them through the
-    registry (:mod:`medgen.models.registry`).
+    attributes below (``kind`` always; ``paired`` and ``conditions`` where they differ from the
+    defaults: unpaired, no condition); every list of models by kind elsewhere is derived from them
+    through the registry (:mod:`medgen.models.registry`).
     """
 
     #: the model's options (a dataclass; ``build_model`` fills it from the config and refuses unknown names)

@@ -94,11 +94,8 @@ class BiGAN(GenerativeModel):
     """BiGAN / ALI with submodules ``generator``, ``encoder`` and ``discriminator``; optimizers
     ``"ge"`` (generator and encoder, jointly) and ``"d"``."""
 
-    batch_keys = ("image",)
     config_class = BiGANConfig
     kind = "generation"
-    paired = False
-    conditions = frozenset({None})
 
     def __init__(self, config: BiGANConfig | None = None) -> None:
         super().__init__()

@@ -84,7 +84,6 @@ class ConditionalGAN(DCGAN):
     batch_keys = ("image", "label")
     config_class = ConditionalGANConfig
     kind = "generation"
-    paired = False
     conditions = frozenset({"modality", "slice_bin", "lesion"})
     config: ConditionalGANConfig
 

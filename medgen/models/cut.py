@@ -151,8 +151,6 @@ class CUT(TranslationModel):
 
     config_class = CUTConfig
     kind = "translation"
-    paired = False
-    conditions = frozenset({None})
 
     def __init__(self, config: CUTConfig | None = None) -> None:
         super().__init__(config)

@@ -58,8 +58,6 @@ class CycleGAN(TranslationModel):
 
     config_class = CycleGANConfig
     kind = "translation"
-    paired = False
-    conditions = frozenset({None})
 
     def __init__(self, config: CycleGANConfig | None = None) -> None:
         super().__init__(config)

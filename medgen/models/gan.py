@@ -209,11 +209,8 @@ class DCGAN(GenerativeModel):
     """Unconditional DCGAN; ``generator`` and ``discriminator`` are the two submodules,
     optimised by the optimizers ``"g"`` and ``"d"``."""
 
-    batch_keys = ("image",)
     config_class = DCGANConfig
     kind = "generation"
-    paired = False
-    conditions = frozenset({None})
 
     def __init__(self, config: DCGANConfig | None = None) -> None:
         super().__init__()

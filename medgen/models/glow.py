@@ -98,11 +98,8 @@ class Glow(GenerativeModel):
     density, nats); ``bits_per_dim(x)``; ``sample(n, temperature=T)``.
     """
 
-    batch_keys = ("image",)
     config_class = GlowConfig
     kind = "generation"
-    paired = False
-    conditions = frozenset({None})
 
     def __init__(self, config: GlowConfig | None = None) -> None:
         super().__init__()

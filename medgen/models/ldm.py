@@ -94,10 +94,8 @@ class LatentDiffusion(GenerativeModel):
     """AutoencoderKL + latent DDPM UNet; submodules ``autoencoder`` and ``unet``, optimizers
     ``"ae"`` and ``"unet"``, buffers ``scale_factor`` and ``scale_factor_set``."""
 
-    batch_keys = ("image",)
     config_class = LatentDiffusionConfig
     kind = "generation"
-    paired = False
     conditions = frozenset({None, "modality", "slice_bin", "lesion"})  # class labels when n_classes > 0
 
     def __init__(self, config: LatentDiffusionConfig | None = None) -> None:

@@ -56,7 +56,6 @@ class Pix2Pix(TranslationModel):
     config_class = Pix2PixConfig
     kind = "translation"
     paired = True
-    conditions = frozenset({None})
 
     def __init__(self, config: Pix2PixConfig | None = None) -> None:
         super().__init__(config)

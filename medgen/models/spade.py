@@ -193,7 +193,6 @@ class SPADEGAN(GenerativeModel):
     batch_keys = ("image", "labels")
     config_class = SPADEConfig
     kind = "label_map"
-    paired = False
     conditions = frozenset({"label_map"})
 
     def __init__(self, config: SPADEConfig | None = None) -> None:

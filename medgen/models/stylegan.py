@@ -199,11 +199,8 @@ class StyleGAN(GenerativeModel):
     ``"g"``, two parameter groups with learning rates ``lr_mapping`` and ``lr``) and
     ``discriminator`` (optimizer ``"d"``); buffer ``w_avg`` (w_dim,), the tracked mean w."""
 
-    batch_keys = ("image",)
     config_class = StyleGANConfig
     kind = "generation"
-    paired = False
-    conditions = frozenset({None})
 
     def __init__(self, config: StyleGANConfig | None = None) -> None:
         super().__init__()

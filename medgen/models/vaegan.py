@@ -102,11 +102,8 @@ class VAEGAN(GenerativeModel):
     """VAE-GAN with submodules ``encoder``, ``decoder`` and ``discriminator``, optimised by the
     optimizers ``"encoder"``, ``"decoder"`` and ``"discriminator"``."""
 
-    batch_keys = ("image",)
     config_class = VAEGANConfig
     kind = "generation"
-    paired = False
-    conditions = frozenset({None})
 
     def __init__(self, config: VAEGANConfig | None = None) -> None:
         super().__init__()
