@@ -53,11 +53,12 @@ def _phantom(args: argparse.Namespace) -> int:
     from medgen.data.phantom import generate_cohort
 
     check_output_path(args.out, "folder")
+    settings = phantom_settings(args)
     written = generate_cohort(
         args.out,
-        n_subjects=args.subjects,
-        seed=args.seed,
-        spacing_mm=args.spacing,
+        n_subjects=settings.subjects,
+        seed=settings.seed,
+        spacing_mm=settings.spacing_mm,
         only=args.only,
         write_dicom=not args.no_dicom,
     )
@@ -116,6 +117,31 @@ def preprocess_config(args: argparse.Namespace) -> Any:
     return PreprocessConfig(**_settings(args, PreprocessConfig, ignore=("min_mask_fraction",)))
 
 
+def phantom_settings(args: argparse.Namespace) -> Any:
+    """The PhantomSettings of ``medgen phantom`` (``--settings``: the config's data.phantom section)."""
+    from medgen.data.settings import PhantomSettings
+
+    return PhantomSettings(**_settings(args, PhantomSettings))
+
+
+def split_settings(args: argparse.Namespace) -> Any:
+    """The SplitSettings of ``medgen split`` (``--settings``: the config's split section)."""
+    from medgen.data.settings import SplitSettings
+
+    return SplitSettings(**_settings(args, SplitSettings))
+
+
+def eval_settings(args: argparse.Namespace) -> Any:
+    """The EvalSettings of ``medgen encoder`` and ``medgen evaluate`` (``--settings``: the config's
+    eval section or part of it, whose downstream part is ``medgen downstream``'s)."""
+    from medgen.eval.settings import EvalSettings
+
+    values = _settings(args, EvalSettings, ignore=("downstream",))
+    if hasattr(args, "extractors_json"):
+        values["extractors"] = _json_arg(args.extractors_json, "--extractors-json") if args.extractors_json else {}
+    return EvalSettings(**values)
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from medgen.io.ingest import ingest
 
@@ -141,7 +167,8 @@ def _split(args: argparse.Namespace) -> int:
     from medgen.data.splits import make_split, write_split
 
     check_output_path(args.out, "file")
-    split = make_split(args.subjects, fractions=tuple(args.fractions), seed=args.seed)
+    settings = split_settings(args)
+    split = make_split(args.subjects, fractions=settings.fractions, seed=settings.seed)
     if args.prep_root is not None:
         from medgen.data.usable import check_split_subjects
 
@@ -257,7 +284,8 @@ def _encoder(args: argparse.Namespace) -> int:
     from medgen.eval.run import train_study_encoder
 
     check_output_path(args.out, "file")
-    path = train_study_encoder(prep_root=args.prep_root, split_path=args.split, modalities=args.modalities, out_path=args.out, steps=args.steps, seed=args.seed)
+    steps = eval_settings(args).encoder_steps
+    path = train_study_encoder(prep_root=args.prep_root, split_path=args.split, modalities=args.modalities, out_path=args.out, steps=steps, seed=args.seed)
     print(f"encoder: trained on the training split -> {path}")
     return 0
 
@@ -282,18 +310,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medgen.models.artifact import read_card
 
     card = read_card(args.checkpoint)
-    if "encoder" in args.features and args.encoder is None:
+    settings = eval_settings(args)
+    if "encoder" in settings.features and args.encoder is None:
         raise OptionError("--features encoder needs --encoder FILE (the study encoder written by `medgen encoder`); or leave encoder out of --features")
-    weights = json.loads(args.extractors_json) if args.extractors_json else {}
+    weights = settings.extractors
     # eval.extractors entries: {"weights": path, **options} -> the extractor's weights_path and options
-    extractors: dict[str, dict] = {name: {("weights_path" if k == "weights" else k): v for k, v in weights.get(name, {}).items()} for name in args.features}
+    extractors: dict[str, dict] = {name: {("weights_path" if k == "weights" else k): v for k, v in weights.get(name, {}).items()} for name in settings.features}
     if "encoder" in extractors:
         extractors["encoder"] = {"path": args.encoder}
     if "radiomics" in extractors:
         extractors["radiomics"] = {"image_types": ["Original"]}
     result = run.evaluate_generation(
         card=card, model=args.model, manifest=args.samples, prep_root=args.prep_root, split_path=args.split,
-        out_json=args.out, extractors=extractors, max_real=args.max_real, seed=args.seed,
+        out_json=args.out, extractors=extractors, max_real=settings.max_real, seed=args.seed,
     )
     memo = result["memorization"]
     print(
@@ -359,6 +388,7 @@ def _show(values: Sequence[Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (also used to document the CLI); defaults come from the settings classes."""
+    from medgen.data.settings import PhantomSettings, SplitSettings
     from medgen.eval.settings import DownstreamSettings, EvalSettings
     from medgen.train.settings import engine_defaults
 
@@ -369,9 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("phantom", help="write the multi-modal brain phantom cohort (NIfTI + DICOM)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--subjects", type=_at_least(1), default=20, help="number of subjects (sub-001 ...)")
-    p.add_argument("--seed", type=int, default=0, help="cohort seed; each subject's draw depends only on it and its index")
-    p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (template is 1 mm)")
+    ph = PhantomSettings()
+    p.add_argument("--settings", metavar="JSON|FILE",
+                   help="the config's data.phantom section as a JSON object or a JSON/YAML file; the flags below override it (defaults: PhantomSettings)")
+    p.add_argument("--subjects", type=_at_least(1), default=S, help=f"number of subjects (sub-001 ...; default {ph.subjects})")
+    p.add_argument("--seed", type=int, default=S, help=f"cohort seed; each subject's draw depends only on it and its index (default {ph.seed})")
+    p.add_argument("--spacing", dest="spacing_mm", type=float, default=S,
+                   help=f"isotropic voxel size in mm (template is 1 mm; default {ph.spacing_mm})")
     p.add_argument("--only", nargs="+", metavar="SUBJECT", help="write only these subjects (e.g. sub-003)")
     p.add_argument("--no-dicom", action="store_true", help="write NIfTI only")
     p.set_defaults(handler=_phantom)
@@ -416,8 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("split", help="subject-level train/val/test split")
     p.add_argument("--subjects", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
-    p.add_argument("--seed", type=int, default=0)
+    sp = SplitSettings()
+    p.add_argument("--settings", metavar="JSON|FILE",
+                   help="the config's split section as a JSON object or a JSON/YAML file; the flags below override it (defaults: SplitSettings)")
+    p.add_argument("--fractions", type=float, nargs=3, default=S, metavar=("TRAIN", "VAL", "TEST"), help=f"default {_show(sp.fractions)}")
+    p.add_argument("--seed", type=int, default=S, help=f"default {sp.seed}")
     p.add_argument("--prep-root", type=Path, help="preprocessed subjects: refuse a split whose subjects have no slice usable for their role")
     p.add_argument("--min-mask-fraction", type=float, default=0.05,
                    help="with --prep-root: a usable slice's head-mask share (preprocess.min_mask_fraction; training and evaluation use the same)")
@@ -493,7 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--modalities", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=_at_least(1), default=EvalSettings.encoder_steps, help=f"default {EvalSettings.encoder_steps}")
+    ev = EvalSettings()
+    p.add_argument("--settings", metavar="JSON|FILE",
+                   help="the config's eval section (encoder_steps) as a JSON object or a JSON/YAML file; --steps overrides it")
+    p.add_argument("--steps", dest="encoder_steps", type=_at_least(1), default=S, help=f"training steps (eval.encoder_steps, default {ev.encoder_steps})")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_encoder)
 
@@ -509,12 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nifti-root", type=Path, help="translation: ingested volumes (ground truth)")
     p.add_argument("--checkpoint", type=Path, help="generation: model.pt")
     p.add_argument("--samples", type=Path, help="generation: manifest.tsv of the samples")
-    p.add_argument("--features", nargs="+", default=list(EvalSettings.features),
-                   help=f"generation: feature extractors (default {' '.join(EvalSettings.features)}; encoder needs --encoder)")
+    p.add_argument("--settings", metavar="JSON|FILE",
+                   help="generation: the config's eval section (features, max_real, extractors) as a JSON object or a JSON/YAML file; "
+                        "the flags below override it (defaults: EvalSettings)")
+    p.add_argument("--features", nargs="+", default=S,
+                   help=f"generation: feature extractors (default {_show(ev.features)}; encoder needs --encoder)")
     p.add_argument("--encoder", type=Path, help="generation: the study encoder (for --features encoder)")
-    p.add_argument("--max-real", type=_at_least(1), default=EvalSettings.max_real,
-                   help=f"generation: real test slices drawn (default {EvalSettings.max_real}; the memorization audit uses every training slice)")
-    p.add_argument("--extractors-json", help='generation: pretrained extractors as JSON, e.g. {"radimagenet": {"weights": "rin.pt"}} (config eval.extractors)')
+    p.add_argument("--max-real", type=_at_least(1), default=S,
+                   help=f"generation: real test slices drawn (default {ev.max_real}; the memorization audit uses every training slice)")
+    p.add_argument("--extractors-json", default=S,
+                   help='generation: pretrained extractors as JSON, e.g. {"radimagenet": {"weights": "rin.pt"}} (config eval.extractors)')
     p.add_argument("--baselines", type=Path, help="translation: the task's baselines.json, copied into the metrics file")
     p.set_defaults(handler=_evaluate)
 

@@ -1,10 +1,14 @@
 # Metrics per (task, model): paired errors for translation (beside the task's baselines),
 # distribution metrics and the memorization audit for generation (in the study's feature spaces).
 import json
+import shlex
 
 from pipeline.targets import downstream_models, downstream_tasks, run_model, task_json
 
 _FEATURES = config["eval"]["features"]
+# Each verb gets the keys of the eval section it reads, so that a change reruns only the jobs it affects.
+_ENCODER_SETTINGS = json.dumps({"encoder_steps": config["eval"]["encoder_steps"]}, sort_keys=True)
+_GENERATION_SETTINGS = json.dumps({k: config["eval"][k] for k in ("features", "max_real", "extractors")}, sort_keys=True)
 
 
 rule encoder:
@@ -15,7 +19,7 @@ rule encoder:
     params:
         prep=layout.prep_dir(RESULTS),
         modalities=" ".join(MODALITIES),
-        steps=config["eval"]["encoder_steps"],
+        settings=_ENCODER_SETTINGS,
         seed=config["train"]["seed"],
     log:
         f"{RESULTS}/logs/encoder.log",
@@ -26,7 +30,7 @@ rule encoder:
         runtime=60,
     shell:
         MEDGEN + " encoder --prep-root {params.prep} --split {input.split} --modalities {params.modalities}"
-        " --out {output} --steps {params.steps} --seed {params.seed} > {log} 2>&1"
+        " --out {output} --settings {params.settings:q} --seed {params.seed} > {log} 2>&1"
 
 
 def _evaluate_inputs(wc):
@@ -51,11 +55,7 @@ def _evaluate_args(wc, input):
             f" --nifti-root {layout.nifti_dir(RESULTS)} --baselines {input.baselines}"
         )
     encoder = f" --encoder {input.encoder}" if "encoder" in _FEATURES else ""
-    extractors = json.dumps(config["eval"]["extractors"], sort_keys=True)
-    return (
-        f"generation --checkpoint {input.model} --samples {input.samples} --features {' '.join(_FEATURES)}{encoder}"
-        f" --max-real {config['eval']['max_real']} --extractors-json '{extractors}'"
-    )
+    return f"generation --checkpoint {input.model} --samples {input.samples}{encoder} --settings {shlex.quote(_GENERATION_SETTINGS)}"
 
 
 rule evaluate:

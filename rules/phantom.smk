@@ -1,4 +1,5 @@
 # The embedded demo data: one job per phantom subject (each subject depends only on seed + index).
+import json
 
 rule phantom:
     output:
@@ -6,7 +7,7 @@ rule phantom:
         labels=layout.phantom_labels(RESULTS),
     params:
         out=layout.phantom_dir(RESULTS),
-        cfg=config["data"].get("phantom", {}),
+        settings=json.dumps(config["data"].get("phantom", {}), sort_keys=True),
     log:
         f"{RESULTS}/logs/phantom/{{subject}}.log",
     benchmark:
@@ -15,5 +16,4 @@ rule phantom:
         mem_mb=2000,
         runtime=10,
     shell:
-        MEDGEN + " phantom --out {params.out} --subjects {params.cfg[subjects]} --seed {params.cfg[seed]}"
-        " --spacing {params.cfg[spacing_mm]} --only {wildcards.subject} > {log} 2>&1"
+        MEDGEN + " phantom --out {params.out} --settings {params.settings:q} --only {wildcards.subject} > {log} 2>&1"

@@ -1,4 +1,5 @@
 # Subject-level train/val/test split, written once for the whole study.
+import json
 
 rule split:
     input:
@@ -8,14 +9,13 @@ rule split:
     params:
         subjects=" ".join(SUBJECTS),
         prep=layout.prep_dir(RESULTS),
-        s=config["split"],
-        min_mask=config["preprocess"]["min_mask_fraction"],
+        settings=json.dumps(config["split"], sort_keys=True),
+        min_mask=config["preprocess"]["min_mask_fraction"],  # the preprocessed data's, beside --prep-root
     log:
         f"{RESULTS}/logs/split.log",
     resources:
         mem_mb=500,
         runtime=5,
     shell:
-        MEDGEN + " split --subjects {params.subjects} --out {output} --seed {params.s[seed]} --prep-root {params.prep}"
-        " --min-mask-fraction {params.min_mask}"
-        " --fractions {params.s[fractions][0]} {params.s[fractions][1]} {params.s[fractions][2]} > {log} 2>&1"
+        MEDGEN + " split --subjects {params.subjects} --out {output} --settings {params.settings:q} --prep-root {params.prep}"
+        " --min-mask-fraction {params.min_mask} > {log} 2>&1"

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from medgen.cli import _settings, build_parser, ingest_options, preprocess_config, train_settings
+from medgen.cli import _settings, build_parser, eval_settings, ingest_options, phantom_settings, preprocess_config, split_settings, train_settings
 from medgen.data import phantom, splits
 from medgen.data.datasets import CachePolicy
 from medgen.data.preprocess import PreprocessConfig
+from medgen.data.settings import PhantomSettings, SplitSettings
 from medgen.data.usable import MIN_MASK_FRACTION
 from medgen.eval import downstream, run
 from medgen.eval.settings import DownstreamSettings, EvalSettings
@@ -109,8 +110,8 @@ def test_preprocess_and_split_defaults_agree():
     assert preprocess_config(args) == PreprocessConfig()
     assert schema["min_mask_fraction"] == MIN_MASK_FRACTION == cli_defaults("split")["min_mask_fraction"]
     make_split = function_defaults(splits.make_split)
-    assert schema_defaults("split") == {"fractions": make_split["fractions"], "seed": make_split["seed"]}
-    assert {k: cli_defaults("split")[k] for k in ("fractions", "seed")} == schema_defaults("split")
+    assert schema_defaults("split") == {"fractions": make_split["fractions"], "seed": make_split["seed"]} == dataclass_defaults(SplitSettings)
+    assert split_settings(build_parser().parse_args(["split", "--subjects", "a", "--out", "o"])) == SplitSettings()
 
 
 def test_a_settings_section_is_read_with_the_flags_over_it(tmp_path):
@@ -126,16 +127,44 @@ def test_a_settings_section_is_read_with_the_flags_over_it(tmp_path):
 
 
 def test_phantom_defaults_agree():
-    cohort, cli, schema = function_defaults(phantom.generate_cohort), cli_defaults("phantom"), schema_defaults("data", "phantom")
-    assert schema["spacing_mm"] == cohort["spacing_mm"] == cli["spacing"]
-    assert (schema["subjects"], schema["seed"]) == (cli["subjects"], cli["seed"])
+    cohort, schema = function_defaults(phantom.generate_cohort), schema_defaults("data", "phantom")
+    assert schema == dataclass_defaults(PhantomSettings)
+    assert schema["spacing_mm"] == cohort["spacing_mm"]
+    assert phantom_settings(build_parser().parse_args(["phantom", "--out", "o"])) == PhantomSettings()
+
+
+def test_phantom_split_and_eval_settings_are_read_with_the_flags_over_them(tmp_path):
+    section = {"subjects": 5, "seed": 3, "spacing_mm": 4}
+    args = build_parser().parse_args(["phantom", "--out", "o", "--settings", json.dumps(section), "--seed", "7"])
+    assert phantom_settings(args) == PhantomSettings(subjects=5, seed=7, spacing_mm=4.0)
+    assert phantom_settings(build_parser().parse_args(["phantom", "--out", "o", "--spacing", "3"])).spacing_mm == 3.0
+    (tmp_path / "split.yaml").write_text("fractions: [1, 0, 0]\nseed: 2\n")
+    args = build_parser().parse_args(["split", "--subjects", "a", "--out", "o", "--settings", str(tmp_path / "split.yaml")])
+    assert split_settings(args) == SplitSettings(fractions=(1.0, 0.0, 0.0), seed=2)
+    section = {"features": ["radiomics"], "max_real": 16, "encoder_steps": 9, "extractors": {"radimagenet": {"weights": "w.pt"}}, "downstream": {}}
+    base = ["evaluate", "generation", "--model", "m", "--prep-root", "p", "--split", "s", "--out", "o", "--settings", json.dumps(section)]
+    settings = eval_settings(build_parser().parse_args([*base, "--max-real", "32"]))
+    assert settings == EvalSettings(features=("radiomics",), max_real=32, encoder_steps=9, extractors={"radimagenet": {"weights": "w.pt"}})
+    assert eval_settings(build_parser().parse_args([*base, "--extractors-json", "{}"])).extractors == {}
+    encoder = ["encoder", "--prep-root", "p", "--split", "s", "--modalities", "T1w", "--out", "o"]
+    assert eval_settings(build_parser().parse_args([*encoder, "--settings", '{"encoder_steps": 5}'])).encoder_steps == 5
+    assert eval_settings(build_parser().parse_args([*encoder, "--settings", '{"encoder_steps": 5}', "--steps", "6"])).encoder_steps == 6
+    with pytest.raises(ValueError, match=r"--settings: unknown key\(s\) 'subject'; valid keys: .*subjects"):
+        phantom_settings(build_parser().parse_args(["phantom", "--out", "o", "--settings", '{"subject": 3}']))
+
+
+def test_workflow_passes_each_verb_its_section():
+    rules = {name: (ROOT / "rules" / f"{name}.smk").read_text() for name in ("phantom", "split", "evaluate")}
+    assert 'json.dumps(config["data"].get("phantom", {}), sort_keys=True)' in rules["phantom"]
+    assert 'json.dumps(config["split"], sort_keys=True)' in rules["split"]
+    assert '--settings' in rules["evaluate"] and "--max-real" not in rules["evaluate"] and "--steps" not in rules["evaluate"]
 
 
 def test_eval_defaults_agree():
     settings, schema = dataclass_defaults(EvalSettings), schema_defaults("eval")
-    assert {k: schema[k] for k in settings} == settings
-    assert cli_defaults("evaluate")["features"] == settings["features"] and cli_defaults("evaluate")["max_real"] == settings["max_real"]
-    assert cli_defaults("encoder")["steps"] == settings["encoder_steps"]
+    assert {k: schema[k] for k in settings} == settings and schema["extractors"] == EvalSettings().extractors == {}
+    assert eval_settings(build_parser().parse_args(["evaluate", "generation", "--model", "m", "--prep-root", "p", "--split", "s", "--out", "o"])) == EvalSettings()
+    assert eval_settings(build_parser().parse_args(["encoder", "--prep-root", "p", "--split", "s", "--modalities", "T1w", "--out", "o"])) == EvalSettings()
     assert function_defaults(run.evaluate_generation)["max_real"] == settings["max_real"]
     ds = dataclass_defaults(DownstreamSettings)
     assert schema_defaults("eval", "downstream") == ds

@@ -32,6 +32,7 @@ from pydicom.uid import generate_uid
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
+from medgen.data.settings import PhantomSettings
 from medgen.data.tissues import LABELS, LESION_LABEL, SHELL_ORDER, TISSUES
 from medgen.io.atomic import atomic_folder, atomic_write_json
 from medgen.io.dicom_write import PatientIdentity, default_rescale, quantise, write_dicom_series
@@ -593,7 +594,7 @@ def generate_cohort(
     out_dir: Path,
     n_subjects: int,
     seed: int,
-    spacing_mm: float = 2.0,
+    spacing_mm: float = PhantomSettings.spacing_mm,
     only: Sequence[str] | None = None,
     write_dicom: bool = True,
     *,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medgen.data.settings import SplitSettings
 from medgen.io.atomic import atomic_write_json
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -57,7 +58,7 @@ def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
     return counts.tolist()
 
 
-def make_split(subjects: Iterable[str], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> Split:
+def make_split(subjects: Iterable[str], fractions: Sequence[float] = SplitSettings.fractions, seed: int = SplitSettings.seed) -> Split:
     """Assign each subject to exactly one of train/val/test.
 
     The result depends only on the set of subjects, ``fractions`` and ``seed`` (subjects are

@@ -4,7 +4,8 @@ Nothing heavy is imported here, so that the command line's parser can read them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,8 @@ class EvalSettings:
     features: tuple[str, ...] = ("encoder", "radiomics")  # feature spaces of FD/KID/PRDC
     encoder_steps: int = 300  # training steps of the study's in-domain encoder
     max_real: int = 256  # real test slices drawn for distribution metrics
+    # pretrained extractors named in features: {name: {"weights": path, **options}}
+    extractors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
