@@ -103,7 +103,7 @@ def run_training(subjects: list[str], args: argparse.Namespace, cache_dir: Path)
     split = work / "splits.json"
     atomic_write_text(split, json.dumps({"splits": {"train": subjects, "val": [], "test": []}}))
     cmd = [sys.executable, "-c", TRAIN, "train", "--prep-root", str(COHORT / "prep"), "--split", str(split),
-           "--task-json", json.dumps(TASK), "--model", "pix2pix", "--options-json", json.dumps({"ngf": 32, "num_downs": 6}),
+           "--task-json", json.dumps(TASK), "--model", "pix2pix", "--options-json", json.dumps({"ngf": 32, "num_downs": 4}),
            "--out", str(work / "run"), "--steps", str(args.steps), "--batch-size", "16", "--device", "cpu",
            "--log-every", str(args.steps), "--image-every", "0", "--ckpt-every", str(args.steps), "--no-resume",
            "--num-workers", str(args.workers), "--cache-ram-mb", str(args.ram_mb), "--cache-dir", str(cache_dir)]
@@ -111,7 +111,10 @@ def run_training(subjects: list[str], args: argparse.Namespace, cache_dir: Path)
     rss = [line for line in run.stdout.splitlines() if line.startswith("RSS")]
     if run.returncode != 0 or not rss:
         raise RuntimeError(f"training failed:\n{run.stderr[-3000:]}")
-    log = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
+    log_file = work / "run" / "log.jsonl"
+    log = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.is_file() else []
+    if not log:  # medgen train stopped with an error (its SystemExit is caught above to read the RSS)
+        raise RuntimeError(f"training logged nothing:\n{run.stderr[-3000:]}")
     _, main_mb, child_mb = rss[-1].split()
     return {"rss_main_mb": float(main_mb), "rss_worker_mb": float(child_mb), "images_per_s": log[-1]["images_per_s"]}
 
