@@ -61,6 +61,7 @@ def _phantom(args: argparse.Namespace) -> int:
         spacing_mm=settings.spacing_mm,
         only=args.only,
         write_dicom=not args.no_dicom,
+        workers=args.workers,
     )
     print(f"phantom: wrote {len(written)} subject(s) under {args.out}")
     return 0
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"isotropic voxel size in mm (template is 1 mm; default {ph.spacing_mm})")
     p.add_argument("--only", nargs="+", metavar="SUBJECT", help="write only these subjects (e.g. sub-003)")
     p.add_argument("--no-dicom", action="store_true", help="write NIfTI only")
+    p.add_argument("--workers", type=_at_least(1), help="worker processes (default: one per CPU, at most one per subject)")
     p.set_defaults(handler=_phantom)
 
     p = verbs.add_parser("ingest", help="DICOM folders / BIDS-like trees / manifest TSV -> de-identified NIfTI + JSON sidecars")

@@ -1,19 +1,24 @@
-# The embedded demo data: one job per phantom subject (each subject depends only on seed + index).
+# The embedded demo data: the whole phantom cohort in one job. Every subject is drawn from the same
+# template maps (a distance transform of the 1 mm template, about 6 s), which one job prepares once
+# and shares with its worker processes; one job per subject would prepare them once per subject.
 import json
 
-rule phantom:
-    output:
-        dicom=directory(layout.phantom_dicom(RESULTS)),
-        labels=layout.phantom_labels(RESULTS),
-    params:
-        out=layout.phantom_dir(RESULTS),
-        settings=json.dumps(config["data"].get("phantom", {}), sort_keys=True),
-    log:
-        f"{RESULTS}/logs/phantom/{{subject}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/phantom/{{subject}}.tsv"
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    shell:
-        MEDGEN + " phantom --out {params.out} --settings {params.settings:q} --only {wildcards.subject} > {log} 2>&1"
+if USE_PHANTOM:
+
+    rule phantom:
+        output:
+            dicom=directory(expand(layout.phantom_dicom(RESULTS), subject=SUBJECTS)),
+            labels=expand(layout.phantom_labels(RESULTS), subject=SUBJECTS),
+        params:
+            out=layout.phantom_dir(RESULTS),
+            settings=json.dumps(config["data"]["phantom"], sort_keys=True),
+        threads: workflow.cores
+        log:
+            f"{RESULTS}/logs/phantom.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/phantom.tsv"
+        resources:
+            mem_mb=4000,
+            runtime=20,
+        shell:
+            MEDGEN + " phantom --out {params.out} --settings {params.settings:q} --workers {threads} > {log} 2>&1"
