@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+from scipy import ndimage
 import pytest
 
 from medgen.eval.body_mask import body_mask
-from medgen.eval.paired import aggregate, ms_ssim_scales, paired_metrics
+from medgen.eval.paired import aggregate, ms_ssim, ms_ssim_scales, paired_metrics
 
 
 def _phantom(shape=(32, 32, 32), seed=0) -> tuple[np.ndarray, np.ndarray]:
@@ -192,10 +194,11 @@ def _ms_ssim_reference(a: np.ndarray, b: np.ndarray, betas: tuple[float, ...]) -
         cov = _gauss_filter(a * b) - mu_a * mu_b
         cs = (2 * cov + c2) / (var_a + var_b + c2)
         if level < len(betas) - 1:
-            value *= cs[5:-5, 5:-5].mean() ** beta
-            h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-            a = a[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
-            b = b[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+            value *= cs[(slice(5, -5),) * cs.ndim].mean() ** beta
+            even = tuple(slice(0, s // 2 * 2) for s in a.shape)
+            halved = [v for s in a[even].shape for v in (s // 2, 2)]
+            a = a[even].reshape(halved).mean(axis=tuple(range(1, 2 * a.ndim, 2)))
+            b = b[even].reshape(halved).mean(axis=tuple(range(1, 2 * b.ndim, 2)))
         else:
             value *= (((2 * mu_a * mu_b + c1) * cs) / (mu_a**2 + mu_b**2 + c1)).mean() ** beta
     return float(value)
@@ -209,7 +212,27 @@ def test_ms_ssim_is_pinned():
     betas = tuple(betas / betas.sum())
     assert m["ms_ssim_betas"] == pytest.approx(betas, rel=1e-12)
     expected = _ms_ssim_reference(ts / 4024.0, ps / 4024.0, betas)
-    # medgen computes MS-SSIM in float32 (see paired.ms_ssim); 1e-5 covers float32 round-off
-    # over 64^2 sums, while a wrong window, scale count or weight moves the value by > 1e-3.
-    assert m["ms_ssim"] == pytest.approx(expected, abs=1e-5)
+    # both float64: equal to round-off, while a wrong window, scale count or weight moves the
+    # value by > 1e-3
+    assert m["ms_ssim"] == pytest.approx(expected, abs=1e-9)
     assert 0.5 < expected < 0.99
+
+
+def test_ms_ssim_in_3d_equals_the_definition_and_torchmetrics():
+    """medgen's separable MS-SSIM is the definition's value on a 3D volume, and torchmetrics'
+    (full 11^3 kernel, float32) to its round-off."""
+    from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure
+
+    rng = np.random.default_rng(4)
+    target = ndimage.gaussian_filter(rng.random((48, 52, 44)), 2.0)
+    pred = np.clip(target + 0.05 * ndimage.gaussian_filter(rng.standard_normal(target.shape), 1.0), 0.0, 1.0)
+    value, betas = ms_ssim(pred, target, data_range=1.0)
+    assert len(betas) == 3  # 44 voxels hold three 11-tap scales (44 / 4 = 11)
+    metric = MultiScaleStructuralSimilarityIndexMeasure(gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0, betas=betas, normalize=None)
+    as_tensor = lambda v: torch.from_numpy(v.astype(np.float32))[None, None]  # noqa: E731
+    assert value == pytest.approx(_ms_ssim_reference(target, pred, betas), abs=1e-9)
+    expected = float(metric(as_tensor(pred), as_tensor(target)))
+    # torchmetrics sums 1,331 float32 products per voxel (relative round-off ~1e-5 here, 6.8e-6
+    # measured); a border, pooling or weight error moves the value by > 1e-3
+    assert value == pytest.approx(expected, abs=2e-5)
+    assert 0.3 < expected < 0.999
