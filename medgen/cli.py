@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from medgen import __version__
 from medgen.errors import ExitCode, OptionError, classify
 from medgen.io.output_paths import check_output_path
+from medgen.synth import DEFAULT_TEMPERATURE
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -243,6 +244,7 @@ def _train(args: argparse.Namespace) -> int:
         on_mismatch=args.on_mismatch,
         restart=args.restart,
         encoder=args.encoder,
+        sample_temperature=args.sample_temperature,
     )
     print(f"train: {args.model} -> {path}")
     return 0
@@ -491,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=S,
                    help=f"translation: validation MAE every N steps; model.pt holds the best (0: none, last weights; default {d['val_every']})")
     p.add_argument("--encoder", type=Path, default=None, help="generation: study encoder (medgen encoder); with --val-every, FD on the validation split picks model.pt")
+    p.add_argument("--sample-temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"generation: the temperature `medgen sample` will draw at; validation samples draw at it too (default {DEFAULT_TEMPERATURE})")
     p.add_argument("--deterministic", action="store_true", default=S, help="deterministic algorithms where torch has them (see medgen.train.determinism)")
     p.add_argument("--extra-data", type=Path, nargs="+", help="augmentation manifests (medgen sample) added to the training data")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint.pt exists")
@@ -506,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_at_least(1), required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labels", type=int, nargs="+", help="class labels to cycle through (conditional models)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--label-maps-from", type=Path, nargs=2, metavar=("PREP_ROOT", "SPLIT"),

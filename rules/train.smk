@@ -3,7 +3,7 @@
 # it only if it records this run's fingerprint (model, options, task, split, preprocessing, data);
 # a checkpoint of another run is moved aside (checkpoint.stale-<n>.pt) and training starts afresh.
 from medgen.train.launch import torchrun_command
-from pipeline.targets import model_options_json, run_model, task_json, train_settings, train_settings_json
+from pipeline.targets import model_entry, model_options_json, run_model, task_json, train_settings, train_settings_json
 
 # Several GPUs: one process per GPU through torchrun (gradients averaged each step); several
 # nodes (train.nodes > 1): srun starts one torchrun agent per node, joined by a c10d rendezvous.
@@ -18,6 +18,10 @@ def _validation_encoder(wc):
     reads only the split and the preprocessed training subjects, so this adds no cycle."""
     validates = train_settings(config, wc.task, wc.model)["val_every"] > 0 and "encoder" in config["eval"]["features"]
     return [layout.encoder_file(RESULTS)] if config["tasks"][wc.task]["kind"] == "generation" and validates else []
+
+
+def _sample_temperature(wc) -> float:
+    return model_entry(config, wc.task, wc.model)["sample"].get("temperature", 1.0)
 
 
 rule train:
@@ -36,6 +40,8 @@ rule train:
         # every training setting of the run in one object: a change to any of them reruns the job
         train=lambda wc: train_settings_json(config, wc.task, wc.model),
         encoder=lambda wc, input: f" --encoder {input.encoder}" if input.encoder else "",
+        # validation samples are drawn as the sample rule will draw them
+        temperature=lambda wc, input: f" --sample-temperature {_sample_temperature(wc)}" if input.encoder else "",
     log:
         f"{RESULTS}/logs/train/{{task}}/{{model}}.log",
     benchmark:
@@ -48,4 +54,4 @@ rule train:
     shell:
         f"{_MEDGEN_TRAIN} --prep-root {{params.prep}} --split {{input.split}} --task-json {{params.task:q}}"
         " --model {params.name} --options-json {params.options:q} --settings {params.train:q} --out {params.out}"
-        "{params.encoder} --on-mismatch restart > {log} 2>&1"
+        "{params.encoder}{params.temperature} --on-mismatch restart > {log} 2>&1"

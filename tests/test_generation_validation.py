@@ -167,6 +167,21 @@ def test_generation_training_with_an_encoder_keeps_the_best_validated_weights(ti
     assert fid_from_features(validator.real_features, fake) == pytest.approx(best["val/fd"], rel=1e-6)
 
 
+def test_validation_samples_are_drawn_at_the_sampling_temperature(tiny_cohort, encoder):
+    """A flow sampled at 0.7 (the demo's Glow) is validated on samples drawn at 0.7, not at 1."""
+    seen = []
+
+    class Tempered(Constant):
+        def sample(self, n, *, labels=None, temperature=1.0):
+            seen.append(temperature)
+            return super().sample(n)
+
+    split = read_split(tiny_cohort["split"])
+    validator = generation_validator(TASK, tiny_cohort["prep"], split["val"], {"T1w": MAPPING}, encoder, val_every=2, temperature=0.7)
+    validator(Tempered(0.0))
+    assert seen and set(seen) == {0.7}
+
+
 def test_without_an_encoder_generation_training_is_not_validated(tiny_cohort, tmp_path):
     code = main(
         ["train", "--prep-root", str(tiny_cohort["prep"]), "--split", str(tiny_cohort["split"]), "--task-json", json.dumps(TASK),

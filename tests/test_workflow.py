@@ -66,10 +66,13 @@ def _most_jobs_running(log: str) -> int:
 
 
 def test_default_dag(tmp_path):
-    res = _snakemake(tmp_path, None, "-n")
+    res = _snakemake(tmp_path, None, "-n", "--printshellcmds")
     assert res.returncode == 0, res.stderr
     counts = _job_counts(res.stdout + res.stderr)
     assert counts == {"phantom": 1, "ingest": 20, "preprocess": 20, "split": 1, "encoder": 1, "train": 9, "sample": 3, "translate": 18, "evaluate": 9, "baselines": 2, "downstream": 1, "report": 1, "all": 1}
+    # the Glow is validated on samples drawn at the temperature its samples are drawn at
+    glow = next(line for line in res.stdout.splitlines() if " train " in line and "--model glow" in line)
+    assert "--sample-temperature 0.7" in glow
 
 
 def test_dag_for_each_user_data_source(tmp_path):

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from medgen.data.normalise import invert_normalisation, is_ct  # noqa: E402
 from medgen.io.atomic import atomic_write_text, atomic_write_with  # noqa: E402
 from medgen.io.nifti import save_nifti  # noqa: E402
+from medgen.synth import DEFAULT_TEMPERATURE  # noqa: E402
 
 if TYPE_CHECKING:
     from medgen.models.artifact import TrainedModel
@@ -316,7 +317,7 @@ def sample_to_files(
     out_dir: Path,
     *,
     labels: Sequence[int] | None = None,
-    temperature: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     seed: int = 0,
     batch_size: int = 16,
     label_maps: np.ndarray | None = None,

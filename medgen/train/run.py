@@ -28,6 +28,7 @@ from medgen.train import checkpoint as ckpt
 from medgen.train import fingerprint as fp
 from medgen.train.distributed import env_from_environment
 from medgen.train.engine import TrainConfig, Trainer
+from medgen.synth import DEFAULT_TEMPERATURE
 from medgen.train.validation import PairedSlices, TranslationValidator, generation_validator
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def train_task(
     on_mismatch: str = "refuse",
     restart: bool = False,
     encoder: Path | str | None = None,
+    sample_temperature: float = DEFAULT_TEMPERATURE,
 ) -> Path:
     """Train ``model_name`` on the training split of ``task``; returns the path of ``model.pt``.
 
@@ -137,7 +139,8 @@ def train_task(
     (:mod:`medgen.train.fingerprint`); otherwise it is refused (``on_mismatch="refuse"``, raising
     :class:`~medgen.train.fingerprint.RunMismatchError`) or moved aside (``"restart"``).
     ``restart`` moves any previous run's files aside and trains from scratch. With ``encoder`` (the
-    study encoder's weights) a generation model is validated by FD in its feature space
+    study encoder's weights) a generation model is validated by FD in its feature space, on samples
+    drawn at ``sample_temperature`` (the one ``medgen sample`` will use)
     (:func:`~medgen.train.validation.generation_validator`).
     """
     prep_root = Path(prep_root)
@@ -206,7 +209,8 @@ def train_task(
     log.info("training %s on task %s: %d items from %d subjects", model_name, task.get("name"), len(dataset), len(subjects))
     validator = _translation_validator(task, prep_root, split.get("val", []), mappings, spatial_dims, patch_size, train_cfg, context)
     if encoder is not None and task["kind"] == "generation":
-        validator = generation_validator(card.task, prep_root, split.get("val", []), mappings, encoder, val_every=train_cfg.val_every, spatial_dims=spatial_dims, seed=train_cfg.seed)
+        validator = generation_validator(card.task, prep_root, split.get("val", []), mappings, encoder, val_every=train_cfg.val_every, spatial_dims=spatial_dims, seed=train_cfg.seed,
+                                         temperature=sample_temperature)
     trainer = Trainer(model, dataset, train_cfg, card=card, validator=validator)
     trainer.fit(resume=resume)
     return trainer.save_final()

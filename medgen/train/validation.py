@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from medgen.data.tasks import TranslationDataset
 from medgen.data.normalise import apply_normalisation, invert_normalisation, is_ct
 from medgen.eval.distribution import fid_from_features
+from medgen.synth import DEFAULT_TEMPERATURE
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class GenerationValidator:
 
     def __init__(
         self, real: np.ndarray, features: Callable[[np.ndarray], np.ndarray], task: Mapping[str, Any], mappings: Mapping[str, Mapping], *,
-        n: int = VAL_SAMPLES, seed: int = 0, temperature: float = 1.0, batch_size: int = 16, label_maps: np.ndarray | None = None,
+        n: int = VAL_SAMPLES, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE, batch_size: int = 16, label_maps: np.ndarray | None = None,
     ) -> None:
         from medgen.synth.sample import _labels_for
 
@@ -173,11 +174,12 @@ class GenerationValidator:
 
 def generation_validator(
     task: Mapping[str, Any], prep_root: Path, subjects: Sequence[str], mappings: Mapping[str, Mapping], encoder: Path | str, *,
-    val_every: int, spatial_dims: int = 2, seed: int = 0, n: int = VAL_SAMPLES, max_real: int = VAL_MAX_REAL,
+    val_every: int, spatial_dims: int = 2, seed: int = 0, n: int = VAL_SAMPLES, max_real: int = VAL_MAX_REAL, temperature: float = DEFAULT_TEMPERATURE,
 ) -> GenerationValidator | None:
     """FD in the encoder space (weights file ``encoder``) against the validation ``subjects``' slices:
     each modality of every slice whose head mask covers the task's ``min_mask_fraction``, a
     seeded subset of ``max_real`` (:func:`medgen.eval.run._slices`, as the evaluation's test slices).
+    Samples are drawn at ``temperature``, the one ``medgen sample`` will draw at.
 
     None (model.pt holds the last weights) without ``val_every``, without validation subjects, or
     for a 3D model (the encoder sees 2D slices). ``task`` is the trained model's (with ``classes``).
@@ -197,4 +199,4 @@ def generation_validator(
     fraction = float(task.get("min_mask_fraction", MIN_MASK_FRACTION))
     real = _slices(Path(prep_root), subjects, modalities, max_real, seed, min_mask_fraction=fraction, split="validation")
     maps = slice_label_maps(Path(prep_root), subjects, modalities[:1], fraction) if task.get("condition") == "label_map" else None
-    return GenerationValidator(real, EncoderFeatures(encoder), task, mappings, n=n, seed=seed, label_maps=maps)
+    return GenerationValidator(real, EncoderFeatures(encoder), task, mappings, n=n, seed=seed, temperature=temperature, label_maps=maps)
