@@ -11,8 +11,8 @@ if USE_PHANTOM:
             labels=expand(layout.phantom_labels(RESULTS), subject=SUBJECTS),
         params:
             out=layout.phantom_dir(RESULTS),
-            settings=json.dumps(config["data"]["phantom"], sort_keys=True),
-        threads: workflow.cores
+            settings=json.dumps(config["data"].get("phantom", {}), sort_keys=True),
+        threads: 2  # worker processes: fits the smallest cluster node; Snakemake scales it to --cores
         log:
             f"{RESULTS}/logs/phantom.log",
         benchmark:

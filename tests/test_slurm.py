@@ -102,17 +102,18 @@ def test_workflow_runs_through_slurm(tmp_path: Path, slurm_cluster: SlurmCluster
         f"--- snakemake (last 3000 chars)\n{output[-3000:]}\n{_slurm_logs(tmp_path)}\n{slurm_cluster.log_tail()}"
     )
 
-    # The jobs went through SLURM: the profile groups each subject's phantom -> ingest ->
-    # preprocess chain into one SLURM job; split (and any later rule) runs as a job of its own.
-    # Every job left an sbatch log named after its SLURM job id, and slurmctld allocated each.
+    # The jobs went through SLURM: the phantom cohort is one job; the profile groups each
+    # subject's ingest -> preprocess chain into one SLURM job; split (and any later rule) runs as a
+    # job of its own. Every job left an sbatch log named after its SLURM job id, and slurmctld
+    # allocated each.
     logdir = tmp_path / ".snakemake" / "slurm_logs"
     logs = sorted(logdir.rglob("*.log"))
+    jobs_of = lambda name: [log for log in logs if log.relative_to(logdir).parts[0] == name]  # noqa: E731
     prep_logs = [log for log in logs if log.relative_to(logdir).parts[0].startswith("group_prep")]
-    split_logs = [log for log in logs if log.relative_to(logdir).parts[0] == "rule_split"]
-    assert (len(prep_logs), len(split_logs)) == (len(SUBJECTS), 1), _slurm_logs(tmp_path)
+    assert (len(jobs_of("rule_phantom")), len(prep_logs), len(jobs_of("rule_split"))) == (1, len(SUBJECTS), 1), _slurm_logs(tmp_path)
     for log in prep_logs:
         text = log.read_text(errors="replace")
-        for rule in ("phantom", "ingest", "preprocess"):
+        for rule in ("ingest", "preprocess"):
             assert f"rule {rule}:" in text, f"{rule} missing from {log}\n{text[-2000:]}"
     ctld_log = slurm_cluster.slurmctld_log.read_text(errors="replace")
     for log in logs:
