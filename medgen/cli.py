@@ -272,14 +272,18 @@ def _translate(args: argparse.Namespace) -> int:
     from medgen.models import artifact
     from medgen.synth.translate import translate_volume
 
-    check_output_path(args.output, "folder" if args.dicom else "file", flag="--output")
+    if len(args.input) != len(args.output):
+        raise OptionError(f"--input names {len(args.input)} volume(s) but --output {len(args.output)}: give one output per input, in order")
+    for output in args.output:
+        check_output_path(output, "folder" if args.dicom else "file", flag="--output")
     trained = artifact.load(args.checkpoint, device=args.device)
     salt = _secret(args) if args.dicom else None
-    summary = translate_volume(
-        trained, args.input, args.output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom,
-        uid_salt=salt, source_modality=args.source_modality, force=args.force,
-    )
-    print(f"translate: {args.input} -> {args.output} ({summary.get('units', '')})")
+    for source, output in zip(args.input, args.output):
+        summary = translate_volume(
+            trained, source, output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom,
+            uid_salt=salt, source_modality=args.source_modality, force=args.force,
+        )
+        print(f"translate: {source} -> {output} ({summary.get('units', '')})")
     return 0
 
 
@@ -519,8 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("translate", help="translate a whole volume into the target modality, in scanner space and units")
     p.add_argument("--checkpoint", type=Path, required=True, help="model.pt of a translation model")
-    p.add_argument("--input", type=Path, required=True, help="NIfTI file or DICOM folder of the source modality")
-    p.add_argument("--output", type=Path, required=True, help=".nii.gz file, or a folder with --dicom")
+    p.add_argument("--input", type=Path, nargs="+", required=True, help="NIfTI file(s) or DICOM folder(s) of the source modality")
+    p.add_argument("--output", type=Path, nargs="+", required=True, help=".nii.gz file, or a folder with --dicom; one per --input, in order")
     p.add_argument("--axis", type=int, choices=[0, 1, 2], help="slice axis for 2D models (RAS; default: as trained)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap for 3D models")
     p.add_argument("--dicom", action="store_true", help="write a derived DICOM series instead of NIfTI")

@@ -1,18 +1,19 @@
-# Whole test-subject volumes translated into the target modality, in scanner space and units.
+# Whole test-subject volumes translated into the target modality, in scanner space and units: one
+# job per model for all test subjects (the model and the libraries load once, not once per subject).
 
 
 rule translate:
     input:
         model=layout.model_file(RESULTS),
-        image=lambda wc: layout.nifti_image(RESULTS, wc.subject, config["tasks"][wc.task]["source"]),
+        images=lambda wc: [layout.nifti_image(RESULTS, s, config["tasks"][wc.task]["source"]) for s in TEST_SUBJECTS],
     output:
-        layout.translation(RESULTS),
+        expand(layout.translation(RESULTS, "{{task}}", "{{model}}"), subject=TEST_SUBJECTS),
     log:
-        f"{RESULTS}/logs/translate/{{task}}/{{model}}/{{subject}}.log",
+        f"{RESULTS}/logs/translate/{{task}}/{{model}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/translate/{{task}}_{{model}}_{{subject}}.tsv"
+        f"{RESULTS}/benchmarks/translate/{{task}}_{{model}}.tsv"
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=60,
     shell:
-        MEDGEN + " translate --checkpoint {input.model} --input {input.image} --output {output} > {log} 2>&1"
+        MEDGEN + " translate --checkpoint {input.model} --input {input.images} --output {output} > {log} 2>&1"

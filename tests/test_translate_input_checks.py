@@ -118,3 +118,20 @@ def test_a_translation_model_given_to_sample_is_refused(t1_to_ct, tmp_path, caps
 
 def test_library_refusal_is_a_value_error_too():
     assert issubclass(ModalityMismatchError, ValueError)
+
+
+def test_several_volumes_translate_in_one_call_each_like_a_call_of_its_own(tiny_cohort, t1_to_ct, tmp_path, capsys):
+    subjects = sorted(p.name for p in (tiny_cohort["phantom"] / "nifti").iterdir())[:2]
+    sources = [tiny_cohort["phantom"] / "nifti" / s / "T1w.nii.gz" for s in subjects]
+    together = [tmp_path / "together" / f"{s}.nii.gz" for s in subjects]
+    code = main(["translate", "--checkpoint", str(t1_to_ct / "model.pt"), "--input", *map(str, sources), "--output", *map(str, together)])
+    assert code == 0
+    for source, out in zip(sources, together):
+        alone = tmp_path / "alone" / out.name
+        assert translate(t1_to_ct, source, alone) == 0
+        assert np.array_equal(nib.load(str(out)).get_fdata(), nib.load(str(alone)).get_fdata())
+    # one output per input, or nothing runs
+    capsys.readouterr()
+    code = main(["translate", "--checkpoint", str(t1_to_ct / "model.pt"), "--input", *map(str, sources), "--output", str(tmp_path / "one.nii.gz")])
+    assert code != 0 and "one output per input" in capsys.readouterr().err
+    assert not (tmp_path / "one.nii.gz").exists()
