@@ -22,8 +22,9 @@ demo: install
 	$(BIN)/snakemake --cores $(CORES) --configfile configs/default.yaml --rerun-incomplete --printshellcmds
 	@echo "Demo finished. Report: $(abspath results/report.html)"
 
+# one test process per CPU (pytest-xdist): the end-to-end workflow tests run beside the unit tests
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto tests
 
 bench: install
 	$(BIN)/python benchmarks/bench_phantom.py

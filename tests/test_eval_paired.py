@@ -236,3 +236,15 @@ def test_ms_ssim_in_3d_equals_the_definition_and_torchmetrics():
     # measured); a border, pooling or weight error moves the value by > 1e-3
     assert value == pytest.approx(expected, abs=2e-5)
     assert 0.3 < expected < 0.999
+
+
+def test_ms_ssim_of_anti_correlated_structure_is_nan_as_in_torchmetrics():
+    """Inverted contrast gives negative contrast-structure terms: no real MS-SSIM (torchmetrics: NaN)."""
+    from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure
+
+    target = ndimage.gaussian_filter(np.random.default_rng(5).random((48, 48, 48)), 2.0)
+    target = (target - target.min()) / (target.max() - target.min())
+    value, betas = ms_ssim(1.0 - target, target, data_range=1.0)
+    metric = MultiScaleStructuralSimilarityIndexMeasure(gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0, betas=betas, normalize=None)
+    as_tensor = lambda v: torch.from_numpy(v.astype(np.float32))[None, None]  # noqa: E731
+    assert math.isnan(value) and math.isnan(float(metric(as_tensor(1.0 - target), as_tensor(target))))

@@ -93,7 +93,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> tuple[float, tup
     voxel and map); the Gaussian is separable, so one 11-tap pass per axis gives the same sums
     with 33 (one 90 x 108 x 90 volume on one core: 4.3 s -> 0.2 s).
 
-    Raises ``ValueError`` when the image cannot hold two scales (smallest side < 22 voxels).
+    NaN when a scale's term is negative. Raises ``ValueError`` when the image cannot hold two
+    scales (smallest side < 22 voxels).
     """
     n = ms_ssim_scales(a.shape)
     if n < 2:
@@ -108,7 +109,9 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> tuple[float, tup
         ssim, cs = _ssim_and_contrast(x, y)
         terms.append(cs if level < n - 1 else ssim)
         x, y = _halve(x), _halve(y)
-    value = math.prod(t**beta for t, beta in zip(terms, betas))
+    # A negative term (structure anti-correlated at that scale, e.g. a T1w volume scored as T2w)
+    # has no real fractional power: the product is undefined, NaN as torchmetrics returns it.
+    value = math.prod(t**beta for t, beta in zip(terms, betas)) if min(terms) >= 0 else math.nan
     return value, betas
 
 
