@@ -25,6 +25,8 @@ rule encoder:
         f"{RESULTS}/logs/encoder.log",
     benchmark:
         f"{RESULTS}/benchmarks/encoder/encoder.tsv"
+    # every validating generation model's training waits for it: first in line once the split exists
+    priority: 10
     resources:
         mem_mb=4000,
         runtime=60,
