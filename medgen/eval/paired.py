@@ -17,7 +17,8 @@ as skimage crops for its own mean) on every side and the map is averaged over th
 and population covariance, the settings of Wang et al. 2004, averaged over the whole mask.
 
 MS-SSIM (Wang et al. 2003; the value of torchmetrics' ``MultiScaleStructuralSimilarityIndexMeasure``,
-computed with a separable filter, see ``ms_ssim``) with Gaussian kernel 11, sigma 1.5, and the scale weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
+computed with a separable filter, see ``ms_ssim``) with Gaussian kernel 11, sigma 1.5, and the
+scale weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
 Small volumes use only the first ``n`` scales that fit (weights renormalised to sum 1), and
 a volume too small even for two scales raises ``ValueError``. MS-SSIM is the global mean over
 the (masked, clipped, shifted) volume, not a mask average (as torchmetrics defines it).
