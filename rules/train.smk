@@ -2,6 +2,7 @@
 # resumable state, which Snakemake must not delete when a job fails or is killed. The job resumes
 # it only if it records this run's fingerprint (model, options, task, split, preprocessing, data);
 # a checkpoint of another run is moved aside (checkpoint.stale-<n>.pt) and training starts afresh.
+from medgen.synth import DEFAULT_TEMPERATURE
 from medgen.train.launch import torchrun_command
 from pipeline.targets import model_entry, model_options_json, run_model, task_json, train_settings, train_settings_json
 
@@ -21,7 +22,7 @@ def _validation_encoder(wc):
 
 
 def _sample_temperature(wc) -> float:
-    return model_entry(config, wc.task, wc.model)["sample"].get("temperature", 1.0)
+    return model_entry(config, wc.task, wc.model)["sample"].get("temperature", DEFAULT_TEMPERATURE)
 
 
 rule train:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
-import pytest
 
 from medgen.eval.body_mask import body_mask
 from medgen.eval.paired import aggregate, ms_ssim, ms_ssim_scales, paired_metrics
@@ -218,20 +218,25 @@ def test_ms_ssim_is_pinned():
     assert 0.5 < expected < 0.99
 
 
+def _torchmetrics_ms_ssim(pred: np.ndarray, target: np.ndarray, betas: tuple[float, ...]) -> float:
+    """torchmetrics' MS-SSIM (11-tap Gaussian, sigma 1.5, original definition) of [0, 1] images."""
+    from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure
+
+    metric = MultiScaleStructuralSimilarityIndexMeasure(gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0, betas=betas, normalize=None)
+    as_tensor = lambda v: torch.from_numpy(v.astype(np.float32))[None, None]  # noqa: E731
+    return float(metric(as_tensor(pred), as_tensor(target)))
+
+
 def test_ms_ssim_in_3d_equals_the_definition_and_torchmetrics():
     """medgen's separable MS-SSIM is the definition's value on a 3D volume, and torchmetrics'
     (full 11^3 kernel, float32) to its round-off."""
-    from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure
-
     rng = np.random.default_rng(4)
     target = ndimage.gaussian_filter(rng.random((48, 52, 44)), 2.0)
     pred = np.clip(target + 0.05 * ndimage.gaussian_filter(rng.standard_normal(target.shape), 1.0), 0.0, 1.0)
     value, betas = ms_ssim(pred, target, data_range=1.0)
     assert len(betas) == 3  # 44 voxels hold three 11-tap scales (44 / 4 = 11)
-    metric = MultiScaleStructuralSimilarityIndexMeasure(gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0, betas=betas, normalize=None)
-    as_tensor = lambda v: torch.from_numpy(v.astype(np.float32))[None, None]  # noqa: E731
     assert value == pytest.approx(_ms_ssim_reference(target, pred, betas), abs=1e-9)
-    expected = float(metric(as_tensor(pred), as_tensor(target)))
+    expected = _torchmetrics_ms_ssim(pred, target, betas)
     # torchmetrics sums 1,331 float32 products per voxel (relative round-off ~1e-5 here, 6.8e-6
     # measured); a border, pooling or weight error moves the value by > 1e-3
     assert value == pytest.approx(expected, abs=2e-5)
@@ -240,11 +245,7 @@ def test_ms_ssim_in_3d_equals_the_definition_and_torchmetrics():
 
 def test_ms_ssim_of_anti_correlated_structure_is_nan_as_in_torchmetrics():
     """Inverted contrast gives negative contrast-structure terms: no real MS-SSIM (torchmetrics: NaN)."""
-    from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure
-
     target = ndimage.gaussian_filter(np.random.default_rng(5).random((48, 48, 48)), 2.0)
     target = (target - target.min()) / (target.max() - target.min())
     value, betas = ms_ssim(1.0 - target, target, data_range=1.0)
-    metric = MultiScaleStructuralSimilarityIndexMeasure(gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0, betas=betas, normalize=None)
-    as_tensor = lambda v: torch.from_numpy(v.astype(np.float32))[None, None]  # noqa: E731
-    assert math.isnan(value) and math.isnan(float(metric(as_tensor(1.0 - target), as_tensor(target))))
+    assert math.isnan(value) and math.isnan(_torchmetrics_ms_ssim(1.0 - target, target, betas))

@@ -24,11 +24,11 @@ from medgen.data.tasks import task_dataset, with_augmentation
 from medgen.errors import OptionError
 from medgen.models import artifact
 from medgen.models.registry import MODELS, build_model, class_conditions, is_paired, paired_models
+from medgen.synth import DEFAULT_TEMPERATURE
 from medgen.train import checkpoint as ckpt
 from medgen.train import fingerprint as fp
 from medgen.train.distributed import env_from_environment
 from medgen.train.engine import TrainConfig, Trainer
-from medgen.synth import DEFAULT_TEMPERATURE
 from medgen.train.validation import PairedSlices, TranslationValidator, generation_validator
 
 log = logging.getLogger(__name__)
