@@ -94,7 +94,11 @@ def test_workflow_runs_through_slurm(tmp_path: Path, slurm_cluster: SlurmCluster
     cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(cfg_path),
            "--profile", str(PROFILE), *LOCAL_CLUSTER_FLAGS]
     start = time.monotonic()
-    res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    # A guard against a hang, not a speed limit. The executor polls squeue 2 s after a submission
+    # and then backs off by 10 s per poll that finds nothing finished (2, 14, 36, 68 s ...), so each
+    # stage (phantom, preparation, split, report) costs 36-105 s even alone (about 4 min in all
+    # here), and more on a 2-core machine where the other test process runs a workflow meanwhile.
+    res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1200)
     elapsed = time.monotonic() - start
     output = res.stdout + res.stderr
     assert res.returncode == 0, (
