@@ -182,6 +182,31 @@ def test_validation_samples_are_drawn_at_the_sampling_temperature(tiny_cohort, e
     assert seen and set(seen) == {0.7}
 
 
+def test_the_train_command_validates_at_its_sample_temperature(tiny_cohort, encoder, tmp_path):
+    """`medgen train --sample-temperature 0.5` logs the FD of samples drawn at 0.5: what a validator
+    drawing at 0.5 gives for the saved weights, not what one drawing at 1 gives."""
+    out = tmp_path / "glow"
+    code = main(
+        ["train", "--prep-root", str(tiny_cohort["prep"]), "--split", str(tiny_cohort["split"]), "--task-json", json.dumps(TASK),
+         "--model", "glow", "--options-json", json.dumps({"levels": 2, "steps_per_level": 1, "hidden_channels": 8}), "--out", str(out),
+         "--steps", "2", "--batch-size", "4", "--log-every", "2", "--image-every", "0", "--device", "cpu",
+         "--val-every", "2", "--encoder", str(encoder), "--sample-temperature", "0.5"]
+    )
+    assert code == 0
+    logged = [r["val/fd"] for r in _log(out) if "val/fd" in r]
+    assert len(logged) == 1
+    trained = artifact.load(out / ckpt.FINAL_NAME)
+    val = read_split(tiny_cohort["split"])["val"]
+
+    def fd_at(temperature: float) -> float:
+        validator = generation_validator(trained.card.task, tiny_cohort["prep"], val, trained.card.data["mappings"], encoder, val_every=2,
+                                         temperature=temperature)
+        return validator(trained.model)["val/fd"]
+
+    assert logged[0] == pytest.approx(fd_at(0.5), rel=1e-6)
+    assert logged[0] != pytest.approx(fd_at(1.0), rel=1e-3)
+
+
 def test_without_an_encoder_generation_training_is_not_validated(tiny_cohort, tmp_path):
     code = main(
         ["train", "--prep-root", str(tiny_cohort["prep"]), "--split", str(tiny_cohort["split"]), "--task-json", json.dumps(TASK),

@@ -135,3 +135,10 @@ def test_several_volumes_translate_in_one_call_each_like_a_call_of_its_own(tiny_
     code = main(["translate", "--checkpoint", str(t1_to_ct / "model.pt"), "--input", *map(str, sources), "--output", str(tmp_path / "one.nii.gz")])
     assert code != 0 and "one output per input" in capsys.readouterr().err
     assert not (tmp_path / "one.nii.gz").exists()
+    # every output is checked before the first volume is written: a folder where the second
+    # output should be stops the call with nothing written
+    blocked = [tmp_path / "blocked" / "first.nii.gz", tmp_path / "blocked" / "second.nii.gz"]
+    blocked[1].mkdir(parents=True)
+    code = main(["translate", "--checkpoint", str(t1_to_ct / "model.pt"), "--input", *map(str, sources), "--output", *map(str, blocked)])
+    assert code != 0 and "second.nii.gz: a folder already stands where --output should write a file" in capsys.readouterr().err
+    assert not blocked[0].exists()
