@@ -71,3 +71,37 @@ def test_downstream_with_a_trained_translation_model(tmp_path, in_channels):
         assert len(setting["mean_dice"]["seed_means"]) == 2
         for stats in setting["dice"].values():
             assert 0.0 <= stats["mean"] <= 1.0 and stats["ci95"][0] <= stats["mean"] <= stats["ci95"][1]
+
+
+@pytest.mark.slow
+def test_downstream_with_a_trained_label_map_model(tmp_path):
+    """SPADE paints an image on each real training label map; the pairs join the real ones."""
+    from medgen.eval.downstream import label_map_samples, real_slices
+    from medgen.train.engine import TrainConfig
+    from medgen.train.run import train_task
+
+    subjects = generate_cohort(tmp_path / "phantom", n_subjects=4, seed=5, spacing_mm=4.0, write_dicom=False, workers=1)
+    cfg = PreprocessConfig(spacing=(6.0, 6.0, 6.0), size=(32, 32, 32))
+    for s in subjects:
+        src = tmp_path / "phantom" / "nifti" / s
+        preprocess_subject({"T1w": src / "T1w.nii.gz"}, tmp_path / "prep" / s, cfg, labels=src / "labels.nii.gz")
+    write_split({"train": subjects[:2], "val": [], "test": subjects[2:]}, tmp_path / "splits.json")
+    task = {"name": "t1_from_labels", "kind": "generation", "modalities": ["T1w"], "condition": "label_map"}
+    model = train_task(prep_root=tmp_path / "prep", split_path=tmp_path / "splits.json", task=task, model_name="spade",
+                       options={"ngf": 4, "ndf": 4, "latent_dim": 4, "num_d": 1, "patch_layers": 2},
+                       train_cfg=TrainConfig(out_dir=tmp_path / "model", max_steps=2, batch_size=2, device="cpu", ema_decay=None, image_every=0))
+    images, labels, _ = real_slices(tmp_path / "prep", subjects[:2], "T1w")
+    painted = label_map_samples(model, labels, seed=0)
+    assert painted.shape == images.shape and np.isfinite(painted).all()
+    assert not np.array_equal(painted, label_map_samples(model, labels, seed=1))  # the seed draws the style noise
+
+    out = evaluate_downstream(task=task, prep_root=tmp_path / "prep", split_path=tmp_path / "splits.json", out_json=tmp_path / "downstream.json",
+                              models={"spade": [model]}, seeds=(0, 1), steps=3, batch_size=4)
+    assert out["settings"].keys() == {"real", "real+spade"} and out["modality"] == "T1w"
+    assert out["settings"]["real+spade"]["n_synthetic"] == out["n_train_slices"] == len(labels)
+    # same segmentation seeds, other training data: the painted pairs reached the segmenter
+    assert out["settings"]["real+spade"]["mean_dice"]["seed_means"] != out["settings"]["real"]["mean_dice"]["seed_means"]
+    for setting in out["settings"].values():
+        assert len(setting["mean_dice"]["seed_means"]) == 2
+        for stats in setting["dice"].values():
+            assert 0.0 <= stats["mean"] <= 1.0 and stats["ci95"][0] <= stats["mean"] <= stats["ci95"][1]
