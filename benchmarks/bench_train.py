@@ -7,8 +7,10 @@ Each (model, size) runs in its own process through the real training engine on r
 alone: max RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Images/s is the engine's own
 figure over the timed steps, after warm-up steps; sampling time is per image over one batch of
 32 after training (the diffusion model with its configured number of DDIM steps). The ratio
-columns compare each model with the GAN at the same size in the same run. Prints numbers,
-asserts nothing.
+columns compare each model with the GAN at the same size in the same run. One more training step
+runs under ``torch.utils.flop_counter``: its GFLOP times the measured steps per second is the
+step's GFLOP/s, printed beside this machine's fp32 3x3-convolution rate measured at the start
+(``bench_translation.machine_rates``). Prints numbers, asserts nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_translation import machine_rates  # noqa: E402
 
 #: model options at benchmark scale: the demo's settings
 OPTIONS = {
@@ -77,13 +84,19 @@ def _measure_in_child(model_name: str, size: int, steps: int, warmup: int, batch
             torch.cuda.reset_peak_memory_stats()
         trainer.fit(resume=True)
         lines = [json.loads(x) for x in (Path(tmp) / "log.jsonl").read_text().splitlines()]
+        counter = FlopCounterMode(display=False)
+        trainer.cfg.max_steps = warmup + steps + 1
+        with counter:  # one more step, counted, not timed
+            trainer.fit(resume=True)
         seconds_per_image = _sampling_seconds(model_name, trainer.model, size, trainer.device)
     rate = lines[-1]["images_per_s"]
+    gflop = counter.get_total_flops() / 1e9
     if trainer.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"model": model_name, "size": size, "images_per_s": rate, "sample_s": seconds_per_image, "peak_mb": peak_mb, "device": str(trainer.device)})
+    queue.put({"model": model_name, "size": size, "images_per_s": rate, "sample_s": seconds_per_image, "peak_mb": peak_mb, "device": str(trainer.device),
+               "gflop_per_step": gflop, "gflop_per_s": gflop * rate / batch})
 
 
 def _sampling_seconds(model_name: str, model: torch.nn.Module, size: int, device: torch.device) -> float:
@@ -123,17 +136,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    rates = machine_rates()
     rows = [measure(m, s, args.steps, args.warmup, args.batch_size, args.device) for s in args.sizes for m in args.models]
     for row in [r for r in rows if "error" in r]:
         print(f"{row['model']} at {row['size']}: {row['error']}")
     rows = [r for r in rows if "error" not in r]
     print(f"device: {rows[0]['device']}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'model':8s} {'size':>5s} {'images/s':>10s} {'vs gan':>7s} {'ms/sample':>10s} {'vs gan':>7s} {'peak MB':>9s}")
+    print("machine rates (GFLOP/s, best of 3): " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
+    print(f"{'model':8s} {'size':>5s} {'images/s':>10s} {'vs gan':>7s} {'ms/sample':>10s} {'vs gan':>7s} {'peak MB':>9s}"
+          f" {'GFLOP/step':>11s} {'GFLOP/s':>8s} {'% conv fp32':>12s}")
     for row in rows:
         ref = next((r for r in rows if r["model"] == "gan" and r["size"] == row["size"]), None)
         train_ratio = f"{row['images_per_s'] / ref['images_per_s']:7.2f}" if ref else "      -"
         sample_ratio = f"{row['sample_s'] / ref['sample_s']:7.1f}" if ref else "      -"
-        print(f"{row['model']:8s} {row['size']:5d} {row['images_per_s']:10.1f} {train_ratio} {1000 * row['sample_s']:10.2f} {sample_ratio} {row['peak_mb']:9.0f}")
+        print(f"{row['model']:8s} {row['size']:5d} {row['images_per_s']:10.1f} {train_ratio} {1000 * row['sample_s']:10.2f} {sample_ratio} {row['peak_mb']:9.0f}"
+              f" {row['gflop_per_step']:11.1f} {row['gflop_per_s']:8.1f} {100 * row['gflop_per_s'] / rates['conv fp32']:11.0f}%")
 
 
 if __name__ == "__main__":

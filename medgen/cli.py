@@ -281,7 +281,7 @@ def _translate(args: argparse.Namespace) -> int:
     for source, output in zip(args.input, args.output):
         summary = translate_volume(
             trained, source, output, axis=args.axis, overlap=args.overlap, device=args.device, dicom=args.dicom,
-            uid_salt=salt, source_modality=args.source_modality, force=args.force,
+            uid_salt=salt, source_modality=args.source_modality, force=args.force, mirror_average=args.mirror_average,
         )
         print(f"translate: {source} -> {output} ({summary.get('units', '')})")
     return 0
@@ -527,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, nargs="+", required=True, help=".nii.gz file, or a folder with --dicom; one per --input, in order")
     p.add_argument("--axis", type=int, choices=[0, 1, 2], help="slice axis for 2D models (RAS; default: as trained)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap for 3D models")
+    p.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=True,
+                   help="average the translations of the volume and of its left-right mirror image (default: on)")
     p.add_argument("--dicom", action="store_true", help="write a derived DICOM series instead of NIfTI")
     p.add_argument("--uid-salt-file", type=Path, help="--dicom: file holding the pseudonym secret (default: MEDGEN_UID_SALT)")
     p.add_argument("--source-modality", help="modality of the input (e.g. T1w, CT) when neither a sidecar JSON nor DICOM says it")

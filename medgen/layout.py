@@ -34,6 +34,11 @@ SEED_FOLDER = "seed-"
 #: What one subject's ingest did (converted, skipped, failed, missing), beside its images.
 #: Not a modality name: those hold no ``_``.
 INGEST_SUMMARY = "ingest_summary.json"
+#: Files of one subject's preprocessed folder besides its images: the head mask, the label map
+#: (when the subject has one) and the normalisation record, written last (the completion marker).
+MASK_FILE = "mask.nii.gz"
+LABELS_FILE = "labels.nii.gz"
+NORMALISATION_JSON = "normalisation.json"
 
 
 def run_name(model: str, seed: int | None = None) -> str:
@@ -95,16 +100,16 @@ def prep_image(results: Root, subject: str = "{subject}", modality: str = "{moda
 
 
 def prep_mask(results: Root, subject: str = "{subject}") -> str:
-    return f"{results}/prep/{subject}/mask.nii.gz"
+    return f"{results}/prep/{subject}/{MASK_FILE}"
 
 
 def prep_labels(results: Root, subject: str = "{subject}") -> str:
-    return f"{results}/prep/{subject}/labels.nii.gz"
+    return f"{results}/prep/{subject}/{LABELS_FILE}"
 
 
 def prep_mapping(results: Root, subject: str = "{subject}") -> str:
     """The subject's normalisation record, written last by preprocessing (its completion marker)."""
-    return f"{results}/prep/{subject}/normalisation.json"
+    return f"{results}/prep/{subject}/{NORMALISATION_JSON}"
 
 
 def splits_file(results: Root) -> str:

@@ -139,6 +139,8 @@ rule downstream:
         f"{RESULTS}/logs/downstream/{{task}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/downstream/{{task}}.tsv"
+    # the longest job after training: started as soon as its models exist (see rules/train.smk)
+    priority: 9
     resources:
         mem_mb=4000,
         runtime=60,

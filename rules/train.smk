@@ -4,7 +4,7 @@
 # a checkpoint of another run is moved aside (checkpoint.stale-<n>.pt) and training starts afresh.
 from medgen.synth import DEFAULT_TEMPERATURE
 from medgen.train.launch import torchrun_command
-from pipeline.targets import model_entry, model_options_json, run_model, task_json, train_settings, train_settings_json
+from pipeline.targets import downstream_tasks, model_entry, model_options_json, run_model, task_json, train_settings, train_settings_json
 
 # Several GPUs: one process per GPU through torchrun (gradients averaged each step); several
 # nodes (train.nodes > 1): srun starts one torchrun agent per node, joined by a c10d rendezvous.
@@ -25,6 +25,15 @@ def _sample_temperature(wc) -> float:
     return model_entry(config, wc.task, wc.model)["sample"].get("temperature", DEFAULT_TEMPERATURE)
 
 
+def _train_priority(wc) -> int:
+    """The order in which trainings start (higher first; the encoder 10, the downstream study 9).
+    A downstream study is the longest job after training (it trains segmenters), so the models it
+    needs train first and it runs beside the other trainings instead of after them all. Every
+    training precedes the short per-model jobs (sample, translate, evaluate, baselines at 0): those
+    fill both cores at the end, where one long job would leave a core idle."""
+    return 8 if wc.task in downstream_tasks(config) else 5
+
+
 rule train:
     input:
         split=layout.splits_file(RESULTS),
@@ -43,6 +52,7 @@ rule train:
         encoder=lambda wc, input: f" --encoder {input.encoder}" if input.encoder else "",
         # validation samples are drawn as the sample rule will draw them
         temperature=lambda wc, input: f" --sample-temperature {_sample_temperature(wc)}" if input.encoder else "",
+    priority: _train_priority
     log:
         f"{RESULTS}/logs/train/{{task}}/{{model}}.log",
     benchmark:

@@ -15,5 +15,7 @@ rule translate:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        mirror="--mirror-average" if config["translate"]["mirror_average"] else "--no-mirror-average",
     shell:
-        MEDGEN + " translate --checkpoint {input.model} --input {input.images} --output {output} > {log} 2>&1"
+        MEDGEN + " translate --checkpoint {input.model} --input {input.images} --output {output} {params.mirror} > {log} 2>&1"

@@ -25,6 +25,7 @@ from medgen.data.usable import MIN_MASK_FRACTION
 from medgen.eval import downstream, run
 from medgen.eval.settings import DownstreamSettings, EvalSettings
 from medgen.io.ingest import IngestOptions
+from medgen.synth.translate import translate_volume
 from medgen.train.settings import CACHE_KEY, LAUNCH_KEYS, TrainConfig, engine_defaults, read_section
 from pipeline.config import validate_config
 from pipeline.targets import model_options_json, train_settings_json
@@ -171,6 +172,11 @@ def test_eval_defaults_agree():
     args = build_parser().parse_args(["downstream", "--task-json", "{}", "--prep-root", "p", "--split", "s", "--out", "o"])
     assert _settings(args, DownstreamSettings) == {}  # evaluate_downstream's defaults, which are:
     assert {k: function_defaults(downstream.evaluate_downstream)[k] for k in ds} == ds
+
+
+def test_translate_defaults_agree():
+    assert schema_defaults("translate") == {"mirror_average": function_defaults(translate_volume)["mirror_average"]}
+    assert cli_defaults("translate")["mirror_average"] == schema_defaults("translate")["mirror_average"]
 
 
 def test_mixed_model_entries_are_read_with_a_warning_naming_the_new_form():

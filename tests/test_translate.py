@@ -222,6 +222,37 @@ def test_other_slice_axis(tmp_path: Path, ct_input: tuple[Path, np.ndarray, np.n
     assert np.abs(got[inside] - hu[inside]).max() <= interpolation_bound()
 
 
+class LeftRightRamp(nn.Module):
+    """translate(x) = x + a ramp from -0.1 to 0.1 along the slice's first axis (RAS x for axial
+    slices): an error that the left-right mirror image of the input sees reversed."""
+
+    def translate(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.linspace(-0.1, 0.1, x.shape[-2], dtype=x.dtype).view(1, 1, -1, 1)
+
+
+def test_mirror_average_cancels_an_error_that_is_not_mirror_symmetric(tmp_path: Path) -> None:
+    # a head symmetric about the middle plane of x, given on the model's own grid (no resampling)
+    shape = (32, 32, 16)
+    affine = np.diag([GRID_MM] * 3 + [1.0])
+    affine[:3, 3] = -(np.array(shape) - 1) / 2 * GRID_MM
+    xyz = world(affine, shape)
+    r = np.linalg.norm(xyz, axis=-1)
+    hu = np.where(r < RADIUS, MEAN_HU + AMP * np.cos(2 * np.pi * xyz[..., 1] / LY), -1000.0).astype(np.float32)
+    path = save_nifti(tmp_path / "ct.nii.gz", hu, affine)
+    trained = TrainedModel(LeftRightRamp(), meta(), None)
+    plain = translate_volume(trained, path, tmp_path / "plain.nii.gz", progress=False, mirror_average=False)
+    averaged = translate_volume(trained, path, tmp_path / "averaged.nii.gz", progress=False)
+    assert (plain["mirror_average"], averaged["mirror_average"]) == (False, True)
+    a, b = load_nifti(tmp_path / "plain.nii.gz").array, load_nifti(tmp_path / "averaged.nii.gz").array
+    inside = r < RADIUS - GRID_MM
+    # the ramp rises 0.2 of the normalised range (2,012 HU per unit) over the slice's 32 voxels:
+    # 13 HU per voxel, so left and right of the head differ by over 100 HU
+    assert np.abs(a - a[::-1])[inside].max() > 100.0
+    # averaged with the mirror image's translation the ramp cancels: the output is the input
+    np.testing.assert_allclose(b[inside], hu[inside], atol=0.05)
+    np.testing.assert_allclose(b[inside], b[::-1][inside], atol=0.05)
+
+
 def test_ct_output_stays_in_window(tmp_path: Path, ct_input: tuple[Path, np.ndarray, np.ndarray]) -> None:
     path, _, r = ct_input
     out = tmp_path / "range.nii.gz"

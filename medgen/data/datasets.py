@@ -31,7 +31,8 @@ from monai.data import CacheDataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, FgBgToIndicesd, LoadImaged, RandCropByPosNegLabeld, SpatialPadd
 from torch.utils.data import Dataset
 
-from medgen.data.preprocess import LABELS_FILE, MASK_FILE
+from medgen.data.settings import MIN_MASK_FRACTION  # noqa: F401  (re-exported)
+from medgen.layout import LABELS_FILE, MASK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,6 @@ def _tensors_to_arrays(item: Item) -> Item:
     return {k: v.numpy() if type(v) is torch.Tensor else v for k, v in item.items()}
 
 
-#: Default share of a slice the head mask must cover for the slice to be served (training and
-#: evaluation alike; the workflow's value is ``preprocess.min_mask_fraction``).
-MIN_MASK_FRACTION = 0.05
 
 
 class SliceDataset(Dataset):

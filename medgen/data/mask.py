@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from monai.transforms import FillHoles, KeepLargestConnectedComponent
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
@@ -66,6 +65,10 @@ def head_mask(modality: str, array: np.ndarray, method: MaskMethod = "auto") -> 
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         info["voxels"] = 0
         return np.zeros(array.shape, dtype=np.uint8), info
+    # imported here: `import monai` loads all of MONAI (about 6 s of CPU per process), and the
+    # commands that only need this module's neighbours (split, report) should not pay for it
+    from monai.transforms import FillHoles, KeepLargestConnectedComponent
+
     largest = KeepLargestConnectedComponent(applied_labels=[1], connectivity=1)(raw.to(torch.uint8))
     closed = _close(np.asarray(largest[0]).astype(bool), CLOSING_RADIUS)
     filled = FillHoles(applied_labels=[1], connectivity=1)(torch.as_tensor(closed[None].astype(np.uint8)))

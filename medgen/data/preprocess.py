@@ -28,6 +28,7 @@ from monai.transforms import BorderPad, Orientation, ResampleToMatch, Spacing, S
 from medgen.data.mask import MaskMethod, head_mask
 from medgen.data.normalise import apply_normalisation, background_value, invert_normalisation, make_mapping  # noqa: F401  (re-exported)
 from medgen.io.atomic import atomic_write_json
+from medgen.layout import LABELS_FILE, MASK_FILE, NORMALISATION_JSON  # noqa: F401  (re-exported)
 from medgen.io.nifti import Volume, load_nifti, save_nifti
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,6 @@ __all__ = [
     "load_normalisation",
 ]
 
-NORMALISATION_JSON = "normalisation.json"
-MASK_FILE = "mask.nii.gz"
-LABELS_FILE = "labels.nii.gz"
 #: Version of the layout of normalisation.json.
 FORMAT_VERSION = 1
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Default share of a slice the head mask must cover for the slice to be served (training and
+#: evaluation alike; the workflow's value is ``preprocess.min_mask_fraction``).
+MIN_MASK_FRACTION = 0.05
+
 
 @dataclass(frozen=True)
 class PhantomSettings:

@@ -15,8 +15,8 @@ from typing import Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
-from medgen.data.datasets import MIN_MASK_FRACTION
-from medgen.data.preprocess import MASK_FILE
+from medgen.data.settings import MIN_MASK_FRACTION
+from medgen.layout import MASK_FILE
 
 
 def largest_mask_fraction(prep_root: Path | str, subject: str) -> float:

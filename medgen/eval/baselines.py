@@ -37,6 +37,7 @@ from medgen.data.preprocess import resample_to, to_ras_grid
 from medgen.data.splits import read_split
 from medgen.io.atomic import atomic_write_json
 from medgen.io.nifti import load_nifti, save_nifti
+from medgen.layout import MASK_FILE
 from medgen.models.artifact import ModelCard, TrainedModel
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def training_voxels(prep_root: Path, subjects: Sequence[str], source: str, targe
     src, tgt = [], []
     for subject in subjects:
         folder = Path(prep_root) / subject
-        mask = load_nifti(folder / "mask.nii.gz").array > 0
+        mask = load_nifti(folder / MASK_FILE).array > 0
         src.append(load_nifti(folder / f"{source}.nii.gz").array[mask])
         tgt.append(load_nifti(folder / f"{target}.nii.gz").array[mask])
     if not src:
@@ -207,7 +208,8 @@ def run_baselines(
                 resolution_floor(src_path, Path(nifti_root) / subject / f"{target}.nii.gz", card, out_path)
             else:
                 trained = TrainedModel(model=VoxelwiseTranslator(curves[name]), card=card)
-                translate_volume(trained, src_path, out_path, progress=False)
+                # voxel-wise: the mirror image's translation, mirrored back, is the same volume
+                translate_volume(trained, src_path, out_path, progress=False, mirror_average=False)
         scored = evaluate_translation(
             task=task, model=name, pred_dir=folder, nifti_root=Path(nifti_root), prep_root=Path(prep_root),
             split_path=Path(split_path), out_json=out_dir / f"{name}.json", seed=seed,

@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from medgen.layout import LABELS_FILE, MASK_FILE, NORMALISATION_JSON
 from medgen.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ RESULT_TRAIN_KEYS = ("batch_size", "seed", "ema_decay", "grad_clip")
 #: files of a run folder that belong to one run and move aside with its checkpoint
 RUN_FILES = (ckpt.CHECKPOINT_NAME, ckpt.FINAL_NAME, "log.jsonl")
 #: per-subject files of a preprocessed subject that training may read, besides its modalities
-_SUBJECT_FILES = ("mask.nii.gz", "labels.nii.gz", "normalisation.json")
+_SUBJECT_FILES = (MASK_FILE, LABELS_FILE, NORMALISATION_JSON)
 
 
 class RunMismatchError(ValueError):

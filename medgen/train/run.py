@@ -22,6 +22,7 @@ from medgen.data.scale_relation import fit_scale_relation
 from medgen.data.splits import read_split
 from medgen.data.tasks import task_dataset, with_augmentation
 from medgen.errors import OptionError
+from medgen.layout import NORMALISATION_JSON
 from medgen.models import artifact
 from medgen.models.registry import MODELS, build_model, class_conditions, is_paired, paired_models
 from medgen.synth import DEFAULT_TEMPERATURE
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 def _median_mappings(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str]) -> tuple[dict[str, dict], dict[str, Any]]:
     """Per modality, the training subjects' normalisation with median scale and offset (exact
     for CT's fixed HU window; the cohort's typical scale for MR), and the first subject's file."""
-    docs = [json.loads((prep_root / s / "normalisation.json").read_text()) for s in subjects]
+    docs = [json.loads((prep_root / s / NORMALISATION_JSON).read_text()) for s in subjects]
     mappings = {}
     for mod in modalities:
         per_subject = [d["normalisation"][mod] for d in docs]
@@ -53,7 +54,7 @@ def _median_mappings(prep_root: Path, subjects: Sequence[str], modalities: Seque
 
 def _scale_relation(prep_root: Path, subjects: Sequence[str], source: str, target: str) -> dict[str, Any]:
     """The cohort's relation between source and target MR scales (medgen.data.scale_relation)."""
-    docs = [json.loads((prep_root / s / "normalisation.json").read_text())["normalisation"] for s in subjects]
+    docs = [json.loads((prep_root / s / NORMALISATION_JSON).read_text())["normalisation"] for s in subjects]
     return fit_scale_relation(subjects, [d[source] for d in docs], [d[target] for d in docs])
 
 
