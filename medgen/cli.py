@@ -379,10 +379,35 @@ def _report(args: argparse.Namespace) -> int:
     from medgen.report.html import report_main
 
     check_output_path(args.out, "file")
-    code = report_main(args.results, args.out, args.config)
+    config_path = args.config
+    if args.config_json is not None:
+        if config_path is not None:
+            raise OptionError("--config and --config-json both name the config: give one")
+        config_path = _write_config_copy(args.results, args.config_json)
+    code = report_main(args.results, args.out, config_path)
     if code == 0:
         print(f"report: {args.out.resolve()}")
     return code
+
+
+def _write_config_copy(results: Path, config_json: str) -> Path:
+    """Write ``config_json`` (the workflow's config) to the results folder's config copy, without
+    its secret-bearing keys; returns its path."""
+    import yaml
+
+    from medgen import layout
+    from medgen.io.atomic import atomic_write_text
+    from medgen.io.secret import public_config
+
+    try:
+        config = json.loads(config_json)
+    except json.JSONDecodeError as exc:
+        raise OptionError(f"--config-json: not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise OptionError(f"--config-json: expected a JSON object, got {type(config).__name__}")
+    path = Path(layout.config_copy(results))
+    atomic_write_text(path, yaml.safe_dump(public_config(config), sort_keys=False))
+    return path
 
 
 #: flags whose default is the settings' own (absent unless given, so that they override a settings file only when given)
@@ -603,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, required=True, help="the workflow's results folder")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.add_argument("--config", type=Path, help="the config to show (default: RESULTS/config.yaml)")
+    p.add_argument("--config-json", help="the workflow's config as JSON: written to RESULTS/config.yaml (secret-bearing keys left out) and shown")
     p.set_defaults(handler=_report)
     return parser
 

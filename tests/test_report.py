@@ -308,6 +308,21 @@ def test_report_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert not (tmp_path / "x.html").exists()
 
 
+def test_report_writes_the_config_it_is_given_without_its_secret_bearing_keys(tmp_path: Path) -> None:
+    from medgen.cli import main
+
+    results = tmp_path / "results"
+    results.mkdir()
+    config = {"modalities": ["T1w"], "seed": 4321, "ingest": {"uid_salt_file": "/keys/salt", "on_tilt": "refuse"}}
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "r.html"), "--config-json", json.dumps(config)]) == 0
+    copy = yaml.safe_load((results / "config.yaml").read_text())
+    assert copy == {"modalities": ["T1w"], "seed": 4321, "ingest": {"on_tilt": "refuse"}}
+    html = (tmp_path / "r.html").read_text()
+    assert "seed: 4321" in html and "/keys/salt" not in html
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "x.html"), "--config-json", "[1, 2]"]) == 2
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "x.html"), "--config-json", "{}", "--config", str(results / "config.yaml")]) == 2
+
+
 def test_fmt() -> None:
     assert fmt(None) == "–" and fmt(float("nan")) == "–" and fmt(True) == "–"
     assert fmt(1234.567) == "1234.6" and fmt(12.345) == "12.35" and fmt(0.012345) == "0.0123"

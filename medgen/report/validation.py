@@ -131,7 +131,8 @@ def validation_card(ctx: Results, task: str, key: str) -> str:
         png = validation_curves(curves, ctx.png(f"val_{task}"), ylabel=f"validation {measure}", baselines=levels, title=f"{task}: {key} on the validation subjects")
     except Exception as exc:
         return note(f"{task}: cannot plot the validation curves: {exc}")
-    caption = f"{task}: {measure} on the validation subjects against the training step, one line per run; ★ the step model.pt holds"
+    caption = f"{task}: {measure} on the validation subjects against the training step, one line per run"
+    caption += "; ★ the step model.pt holds (the best validation)" if key == MAE_KEY else "; model.pt holds each run's last step"
     if levels:
         caption += "; horizontal lines: baselines measured on the test subjects"
     return f'<div class="card"><h3>{esc(task)}: validation during training</h3>{figure(png, caption)}</div>'

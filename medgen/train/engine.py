@@ -62,7 +62,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.validator = validator
-        self.best: dict[str, Any] | None = None  # {"step", "value", "key", "weights"} of the best validation
+        self.best: dict[str, Any] | None = None  # {"step", "value", "key"} of the best validation, + "weights" when they go to model.pt
         self.out_dir = Path(cfg.out_dir)
         self.env = ddp.env_from_environment()
         self.device = ddp.resolve_device(cfg.device, self.env)
@@ -252,7 +252,8 @@ class Trainer:
         logger.log_images(self.step, images)
 
     def _validate(self, logger: RunLogger) -> None:
-        """Score the inference weights (EMA if enabled) with the validator; keep them if best so far."""
+        """Score the inference weights (EMA if enabled) with the validator; remember the best step,
+        and its weights when the validator selects them for model.pt."""
         if not self.env.is_main:
             return
         swap = self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext()
@@ -261,7 +262,9 @@ class Trainer:
         key = self.validator.key
         value = scores[key]
         if math.isfinite(value) and (self.best is None or value < self.best["value"]):
-            self.best = {"step": self.step, "value": value, "key": key, "weights": self._inference_weights()}
+            self.best = {"step": self.step, "value": value, "key": key}
+            if getattr(self.validator, "selects_weights", True):
+                self.best["weights"] = self._inference_weights()
         best = self.best["value"] if self.best is not None else float("nan")
         logger.log_scalars(self.step, {**scores, f"{key}_best": best}, epoch=self.epoch)
         log.info("step %d: %s %.4g (best %.4g at step %s)", self.step, key, value, best, self.best["step"] if self.best else "-")
@@ -332,9 +335,11 @@ class Trainer:
     def save_final(self, path: Path | str | None = None) -> Path:
         """Write ``out_dir/model.pt``: inference weights (EMA if enabled) + the model card, atomically.
 
-        With validation, the weights of the best validated step (the card's ``validation`` says which)."""
-        weights = self.best["weights"] if self.best is not None else self._inference_weights()
-        validation = None if self.best is None else {k: self.best[k] for k in ("key", "step", "value")}
+        With a validator that selects weights, those of the best validated step (the card's
+        ``validation`` says which); else the last."""
+        selected = self.best is not None and "weights" in self.best
+        weights = self.best["weights"] if selected else self._inference_weights()
+        validation = {k: self.best[k] for k in ("key", "step", "value")} if selected else None
         _refuse_nonfinite(weights, f"model.pt at step {self.step}")
         card = self.card or artifact.ModelCard(model=f"{type(self.model).__module__}.{type(self.model).__qualname__}")
         card = card.with_training(step=self.step, ema=self.ema is not None, train_config=ckpt.plain(self.cfg), validation=validation)
