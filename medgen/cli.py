@@ -399,12 +399,7 @@ def _write_config_copy(results: Path, config_json: str) -> Path:
     from medgen.io.atomic import atomic_write_text
     from medgen.io.secret import public_config
 
-    try:
-        config = json.loads(config_json)
-    except json.JSONDecodeError as exc:
-        raise OptionError(f"--config-json: not JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise OptionError(f"--config-json: expected a JSON object, got {type(config).__name__}")
+    config = _json_arg(config_json, "--config-json")
     path = Path(layout.config_copy(results))
     atomic_write_text(path, yaml.safe_dump(public_config(config), sort_keys=False))
     return path
