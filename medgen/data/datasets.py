@@ -175,8 +175,6 @@ def _tensors_to_arrays(item: Item) -> Item:
     return {k: v.numpy() if type(v) is torch.Tensor else v for k, v in item.items()}
 
 
-
-
 class SliceDataset(Dataset):
     """2D axial slices (axis 2 of the RAS volumes, i.e. along the superior axis).
 

@@ -289,7 +289,7 @@ def translate_volume(
     translation of its left-right mirror image (test-time augmentation; the head is nearly
     symmetric, so the two are two views of the same anatomy and their errors partly cancel). It
     doubles the network's work; on the demo's test subjects it lowered pix2pix's T1w -> CT MAE
-    from 134.3 to 126.7 HU.
+    from 134.3 to 126.5 HU.
     """
     t0 = time.perf_counter()
     card = trained.card
