@@ -31,7 +31,7 @@ from monai.data import CacheDataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, FgBgToIndicesd, LoadImaged, RandCropByPosNegLabeld, SpatialPadd
 from torch.utils.data import Dataset
 
-from medgen.data.settings import MIN_MASK_FRACTION  # noqa: F401  (re-exported)
+from medgen.data.settings import MIN_MASK_FRACTION
 from medgen.layout import LABELS_FILE, MASK_FILE
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from medgen.data.mask import MaskMethod, head_mask
 from medgen.data.normalise import apply_normalisation, background_value, invert_normalisation, make_mapping  # noqa: F401  (re-exported)
 from medgen.io.atomic import atomic_write_json
 from medgen.io.nifti import Volume, load_nifti, save_nifti
-from medgen.layout import LABELS_FILE, MASK_FILE, NORMALISATION_JSON  # noqa: F401  (re-exported)
+from medgen.layout import LABELS_FILE, MASK_FILE, NORMALISATION_JSON
 
 log = logging.getLogger(__name__)
 

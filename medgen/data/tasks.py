@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from medgen.data.datasets import MIN_MASK_FRACTION, PatchDataset, SliceDataset
+from medgen.data.datasets import PatchDataset, SliceDataset
+from medgen.data.settings import MIN_MASK_FRACTION
 from medgen.data.normalise import apply_normalisation
 from medgen.io.nifti import load_nifti
 

@@ -13,15 +13,16 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 
-from medgen.data.datasets import MIN_MASK_FRACTION, SliceDataset
+from medgen.data.datasets import SliceDataset
 from medgen.data.normalise import apply_normalisation, is_ct
-from medgen.data.preprocess import MASK_FILE, load_normalisation
+from medgen.data.preprocess import load_normalisation
+from medgen.data.settings import MIN_MASK_FRACTION
 from medgen.data.splits import read_split
 from medgen.data.tasks import AugmentationDataset
+from medgen.data.usable import largest_mask_fraction
 from medgen.eval.body_mask import body_mask
 from medgen.eval.distribution import evaluate_distribution
 from medgen.eval.features import get_extractor
@@ -89,7 +90,7 @@ def _slices(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str],
     served = {ds.volumes.subjects[v] for v, _ in ds.index}
     empty = [s for s in ds.volumes.subjects if s not in served]
     if empty:
-        largest = {s: float((np.asarray(nib.load(str(Path(prep_root) / s / MASK_FILE)).dataobj) > 0).mean(axis=(0, 1)).max()) for s in empty}
+        largest = {s: largest_mask_fraction(prep_root, s) for s in empty}
         details = "; ".join(f"subject {s}: largest head-mask share of an axial slice {f:.1%}" for s, f in largest.items())
         raise ValueError(
             f"{split} split: {len(empty)} subject(s) have no axial slice whose head mask covers at least {min_mask_fraction:.0%} of it "

@@ -216,7 +216,7 @@ def _write_samples(
 def held_out_label_maps(prep_root: Path, split_path: Path, modalities: Sequence[str], min_mask_fraction: float | None = None) -> np.ndarray:
     """Tissue label maps (M, 1, H, W) of the test split's slices, to condition label-map models
     on anatomy they were not trained on (slices chosen by the training threshold
-    ``min_mask_fraction``, default :data:`medgen.data.datasets.MIN_MASK_FRACTION`)."""
+    ``min_mask_fraction``, default :data:`medgen.data.settings.MIN_MASK_FRACTION`)."""
     from medgen.data.splits import read_split
 
     return slice_label_maps(prep_root, read_split(split_path)["test"], modalities, min_mask_fraction)
@@ -224,8 +224,9 @@ def held_out_label_maps(prep_root: Path, split_path: Path, modalities: Sequence[
 
 def slice_label_maps(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str], min_mask_fraction: float | None = None) -> np.ndarray:
     """Tissue label maps (M, 1, H, W) of ``subjects``' slices whose head mask covers
-    ``min_mask_fraction`` (default :data:`medgen.data.datasets.MIN_MASK_FRACTION`)."""
-    from medgen.data.datasets import MIN_MASK_FRACTION, SliceDataset
+    ``min_mask_fraction`` (default :data:`medgen.data.settings.MIN_MASK_FRACTION`)."""
+    from medgen.data.datasets import SliceDataset
+    from medgen.data.settings import MIN_MASK_FRACTION
 
     fraction = MIN_MASK_FRACTION if min_mask_fraction is None else min_mask_fraction
     ds = SliceDataset(prep_root, list(subjects), list(modalities), labels=True, min_mask_fraction=fraction)

@@ -263,7 +263,7 @@ class Trainer:
         value = scores[key]
         if math.isfinite(value) and (self.best is None or value < self.best["value"]):
             self.best = {"step": self.step, "value": value, "key": key}
-            if getattr(self.validator, "selects_weights", True):
+            if self.validator.selects_weights:
                 self.best["weights"] = self._inference_weights()
         best = self.best["value"] if self.best is not None else float("nan")
         logger.log_scalars(self.step, {**scores, f"{key}_best": best}, epoch=self.epoch)

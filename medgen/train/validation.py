@@ -204,7 +204,7 @@ def generation_validator(
         log.warning("no generation validation (%s)",
                     "the split has no validation subjects" if not subjects else "the encoder scores 2D slices, this model is 3D")
         return None
-    from medgen.data.datasets import MIN_MASK_FRACTION
+    from medgen.data.settings import MIN_MASK_FRACTION
     from medgen.eval.encoder import EncoderFeatures
     from medgen.eval.run import _slices
     from medgen.synth.sample import slice_label_maps
