@@ -72,3 +72,37 @@ def test_bad_inputs(split):
         memorization_audit(train, test, new[:, :16], alpha=0.01)
     with pytest.raises(ValueError):
         memorization_audit(train, test, new, alpha=1.5)
+
+
+def test_a_dense_training_region_flags_only_real_copies(split):
+    # Ten nearly blank training slices (like the empty slices at a volume's ends), each a hair
+    # (rmse ~0.014) from the next, beside distinct images (rmse ~1.4 apart). A new nearly blank
+    # sample lands 0.05 from the blank slices: under every genuinely new image's distance to the
+    # training set (the test threshold), but three times farther than the blank slices are from
+    # each other, so it copies none of them. A copy of a distinct image (0.02 from it, 70x closer
+    # than that image's own nearest neighbour) is flagged.
+    train, test, new = split
+    rng = np.random.default_rng(2)
+    blank = 0.01 * rng.standard_normal((10, 32, 32))
+    train = np.concatenate([train, blank])
+    blank_sample = 0.05 * rng.standard_normal((1, 32, 32))
+    copy = train[7:8] + 0.02 * rng.standard_normal((1, 32, 32))
+    synthetic = np.concatenate([new[:3], blank_sample, copy])
+    audit = memorization_audit(train, test, synthetic)
+    pixel = audit["pixel"]
+    assert pixel["synthetic_nn_distance"][3] < pixel["threshold"]  # the global threshold alone would flag it
+    assert pixel["synthetic_nn_train_index"][3] >= 40 and pixel["train_nn_distance"][pixel["synthetic_nn_train_index"][3]] < 0.03
+    assert audit["likely_copies"] == [4]
+    # authenticity: only the copy is closer to its training image than that image's neighbour;
+    # the real test images' share by the same rule is the reference level
+    assert pixel["authenticity"] == pytest.approx(4 / 5)
+    test_d, train_d = np.array(pixel["test_nn_distance"]), np.array(pixel["train_nn_distance"])
+    assert pixel["test_authenticity"] == pytest.approx(np.mean(test_d > train_d[pixel["test_nn_train_index"]]))
+
+
+def test_nearest_other_row_excludes_the_row_itself():
+    x = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    d, j = nearest(x, x, exclude_self=True, chunk=2)  # chunks of 2 rows: the diagonal in each chunk
+    assert j.tolist() == [1, 0, 1] and d.tolist() == [1.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="exclude_self"):
+        nearest(x, x[:2], exclude_self=True)

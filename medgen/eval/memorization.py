@@ -5,7 +5,15 @@ same nearest-train distance of *real test* samples, which the generator never sa
 sample is a likely copy when it is closer to the training set than the ``alpha``-quantile
 (default 1st percentile) of the test-to-train distances, i.e. closer than almost any genuinely
 new real image gets (cf. the nearest-neighbour "copy" tests of Carlini et al. 2023, "Extracting
-training data from diffusion models", and Akbar et al. 2023 for medical images).
+training data from diffusion models", and Akbar et al. 2023 for medical images) **and** no farther
+from its nearest training sample than that training sample is from its own nearest training
+neighbour (the per-neighbour rule behind the authenticity score of Alaa et al. 2022, "How faithful
+is your synthetic data?"). The second condition keeps dense regions of the training set (e.g. many
+nearly blank edge slices, each a hair from the next) from flagging every sample that lands there:
+near such a slice a new image is close to the training set without copying any one image.
+``authenticity`` is the share of samples that the per-neighbour rule alone does not call close;
+the same share for the real test samples is its reference level (genuinely new real images are
+not all "authentic" by it either).
 
 Pixel-space distance (``pixel_metric``):
 * "rmse" (default): normalised L2, ``||a - b||_2 / sqrt(P)`` over the P pixels/voxels — the
@@ -44,12 +52,17 @@ def _zrows(x: np.ndarray) -> np.ndarray:
     return centred / np.where(norm > 0, norm, 1.0)  # constant images: zero vector (NCC 0)
 
 
-def nearest(query: np.ndarray, reference: np.ndarray, *, metric: str = "euclidean", chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    query: np.ndarray, reference: np.ndarray, *, metric: str = "euclidean", chunk: int = 256, exclude_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest ``reference`` row of each ``query`` row: (distances (Nq,), indices (Nq,)).
 
     ``metric``: "euclidean", "rmse" (euclidean / sqrt(P)) or "ncc" (1 - Pearson correlation).
-    Computed in chunks of ``chunk`` query rows to bound memory.
+    ``exclude_self``: ``query`` is ``reference`` and row i may not pick itself (the nearest *other*
+    row; needs at least two rows). Computed in chunks of ``chunk`` query rows to bound memory.
     """
+    if exclude_self and (query.shape[0] != reference.shape[0] or query.shape[0] < 2):
+        raise ValueError("exclude_self needs the reference itself as the query, with at least two rows")
     if query.shape[1] != reference.shape[1]:
         raise ValueError(f"size mismatch: {query.shape[1]} vs {reference.shape[1]} values per sample")
     if metric == "ncc":
@@ -68,6 +81,9 @@ def nearest(query: np.ndarray, reference: np.ndarray, *, metric: str = "euclidea
                 d = d / np.sqrt(query.shape[1])
             elif metric != "euclidean":
                 raise ValueError(f"unknown metric {metric!r}")
+        if exclude_self:
+            rows = np.arange(d.shape[0])
+            d[rows, start + rows] = np.inf
         j = d.argmin(axis=1)
         index[start : start + chunk] = j
         dist[start : start + chunk] = d[np.arange(d.shape[0]), j]
@@ -77,8 +93,11 @@ def nearest(query: np.ndarray, reference: np.ndarray, *, metric: str = "euclidea
 def _space(train: np.ndarray, test: np.ndarray, synthetic: np.ndarray, metric: str, alpha: float, threshold: float | None, top_k: int) -> dict[str, Any]:
     syn_d, syn_j = nearest(synthetic, train, metric=metric)
     test_d, test_j = nearest(test, train, metric=metric)
+    # each training sample's distance to its nearest other training sample: its neighbourhood's scale
+    train_d = nearest(train, train, metric=metric, exclude_self=True)[0] if train.shape[0] > 1 else np.full(1, np.inf)
     thr = float(np.quantile(test_d, alpha)) if threshold is None else float(threshold)
-    copies = np.flatnonzero(syn_d < thr)
+    syn_close = syn_d <= train_d[syn_j]
+    copies = np.flatnonzero((syn_d < thr) & syn_close)
     order = np.argsort(syn_d, kind="stable")[:top_k]
     return {
         "metric": metric,
@@ -90,6 +109,9 @@ def _space(train: np.ndarray, test: np.ndarray, synthetic: np.ndarray, metric: s
         "synthetic_nn_train_index": syn_j.tolist(),
         "test_nn_distance": test_d.tolist(),
         "test_nn_train_index": test_j.tolist(),
+        "train_nn_distance": train_d.tolist(),
+        "authenticity": float(1.0 - syn_close.mean()),
+        "test_authenticity": float(1.0 - (test_d <= train_d[test_j]).mean()),
         "closest_pairs": [{"synthetic": int(i), "train": int(syn_j[i]), "distance": float(syn_d[i])} for i in order],
         "summary": {
             "synthetic_median": float(np.median(syn_d)),
@@ -115,11 +137,14 @@ def memorization_audit(
 
     Inputs: stacks of images of one shape, (N, H, W) or (N, C, ...), on the same intensity scale.
     ``alpha``: quantile of the test-to-train NN distances below which a synthetic sample is a
-    likely copy (``threshold`` overrides it with a fixed distance, pixel space only). Returns
+    likely copy, provided it is also no farther from its nearest training sample than that sample
+    is from its own nearest training neighbour (``threshold`` overrides the quantile with a fixed
+    distance, pixel space only). Returns
     ``{"pixel": {...}, "feature": {...} (with feature_fn), "likely_copies": indices flagged in any
     space, "likely_copy_share", "n_train", "n_test", "n_synthetic", "alpha", "warnings"}``; each space holds
-    the threshold, flagged indices and share, all NN distances (for histograms) and the
-    ``top_k`` closest synthetic-train pairs.
+    the threshold, flagged indices and share, all NN distances (for histograms), the
+    ``authenticity`` of the synthetic and the real test samples and the ``top_k`` closest
+    synthetic-train pairs.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")

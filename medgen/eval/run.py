@@ -144,7 +144,7 @@ def evaluate_generation(
     audit = memorization_audit(train, real, fake, feature_fn=feature_fn)
     figures = Path(out_json).with_suffix("")
     figure = closest_pairs_figure(train, fake, audit["pixel"]["closest_pairs"], figures / "closest_pairs.png")
-    spaces = {space: {k: audit[space][k] for k in ("metric", "threshold", "threshold_from", "likely_copy_share")} for space in ("pixel", "feature") if space in audit}
+    spaces = {space: {k: audit[space][k] for k in ("metric", "threshold", "threshold_from", "likely_copy_share", "authenticity", "test_authenticity")} for space in ("pixel", "feature") if space in audit}
     result = {
         "kind": "generation",
         "task": task.get("name"),

@@ -21,7 +21,10 @@ def build(ctx: Results) -> str | None:
         n_train = memo.get("n_train", counts.get("real_train"))
         n_test = memo.get("n_test", counts.get("real_test"))
         alpha = memo.get("alpha")
-        rule = f"closer to a training image than the {fmt(alpha)}-quantile of {fmt(n_test)} real test images' nearest-training distances"
+        rule = (
+            f"closer to a training image than the {fmt(alpha)}-quantile of {fmt(n_test)} real test images' nearest-training distances, "
+            "and no farther from it than it is from its own nearest training neighbour"
+        )
         items = [
             ("likely copies of training images", f"<b>{share_text}</b> of {fmt(n_syn)} samples, compared with all {fmt(n_train)} training slices"),
             ("flagged when", esc(rule)),
@@ -30,7 +33,11 @@ def build(ctx: Results) -> str | None:
         if isinstance(spaces, Mapping) and spaces:
             for space, info in spaces.items():
                 if isinstance(info, Mapping):
-                    items.append((f"{space} space ({info.get('metric')})", f"threshold {fmt(info.get('threshold'))}, {fmt(100 * info['likely_copy_share'], 1) if isinstance(info.get('likely_copy_share'), (int, float)) else MISSING} % flagged"))
+                    flagged = f"{fmt(100 * info['likely_copy_share'], 1)} %" if isinstance(info.get("likely_copy_share"), (int, float)) else MISSING
+                    text = f"threshold {fmt(info.get('threshold'))}, {flagged} flagged"
+                    if "authenticity" in info:
+                        text += f"; authenticity {fmt(info.get('authenticity'))} (real test images: {fmt(info.get('test_authenticity'))})"
+                    items.append((f"{space} space ({info.get('metric')})", text))
         else:
             items.append(("distance threshold", fmt(memo.get("threshold"))))
         listed = facts(items) + warning_marks(memo.get("warnings"))
