@@ -22,7 +22,9 @@ class EMA:
     ``shadow <- d * shadow + (1 - d) * param`` with ``d = min(decay, (1 + n) / (10 + n))`` after
     the ``n``-th update: the warm-up keeps early samples from being dominated by the random
     initial weights in short runs. Buffers (e.g. BatchNorm running stats) are copied, not
-    averaged. Shadow tensors live on the model's device, in float32 for half-precision weights.
+    averaged: they describe the live weights, and the engine re-estimates batch-norm statistics for
+    the averaged ones (:mod:`medgen.train.batch_norm`). Shadow tensors live on the model's device,
+    in float32 for half-precision weights.
     """
 
     def __init__(self, model: nn.Module, decay: float, *, warmup: bool = True) -> None:
@@ -78,11 +80,6 @@ class EMA:
             with torch.no_grad():
                 for name, t in [*model.named_parameters(), *model.named_buffers()]:
                     t.copy_(backup[name])
-
-    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """``model.state_dict()`` with the averaged values substituted (for the inference file)."""
-        state = model.state_dict()
-        return {k: (self.shadow[k].to(v.dtype) if k in self.shadow else v).detach().clone() for k, v in state.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates, "shadow": dict(self.shadow)}

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from medgen.models import artifact
 from medgen.models.base import GenerativeModel
 from medgen.train import checkpoint as ckpt
 from medgen.train import distributed as ddp
+from medgen.train.batch_norm import recalibrate_batch_norm
 from medgen.train.ema import EMA
 from medgen.train.logging import ProgressBar, RunLogger
 from medgen.train.sampler import EpochSampler
@@ -45,6 +46,8 @@ from medgen.train.validation import Validator
 log = logging.getLogger(__name__)
 
 SAMPLE_COUNT = 16
+#: batches over which batch-norm statistics are re-estimated for the EMA weights (:meth:`Trainer._recalibrate_batch_norm`)
+CALIBRATION_PASSES = 8
 
 
 class Trainer:
@@ -256,28 +259,67 @@ class Trainer:
         and its weights when the validator selects them for model.pt."""
         if not self.env.is_main:
             return
-        swap = self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext()
-        with eval_mode(self.model), swap:
-            scores = {k: float(v) for k, v in self.validator(self.model).items()}
-        key = self.validator.key
-        value = scores[key]
-        if math.isfinite(value) and (self.best is None or value < self.best["value"]):
-            self.best = {"step": self.step, "value": value, "key": key}
-            if self.validator.selects_weights:
-                self.best["weights"] = self._inference_weights()
+        with self._inference_model() as model:
+            scores = {k: float(v) for k, v in self.validator(model).items()}
+            key = self.validator.key
+            value = scores[key]
+            if math.isfinite(value) and (self.best is None or value < self.best["value"]):
+                self.best = {"step": self.step, "value": value, "key": key}
+                if self.validator.selects_weights:
+                    self.best["weights"] = _cpu_copy(model.state_dict())
         best = self.best["value"] if self.best is not None else float("nan")
         logger.log_scalars(self.step, {**scores, f"{key}_best": best}, epoch=self.epoch)
         log.info("step %d: %s %.4g (best %.4g at step %s)", self.step, key, value, best, self.best["step"] if self.best else "-")
 
+    @contextlib.contextmanager
+    def _inference_model(self) -> Iterator[GenerativeModel]:
+        """The model holding the weights model.pt would hold now, in eval mode: the EMA's if enabled,
+        with batch-norm statistics re-estimated for them (:meth:`_recalibrate_batch_norm`). The
+        training weights and buffers come back afterwards."""
+        if self.ema is None:
+            with eval_mode(self.model):
+                yield self.model
+            return
+        with eval_mode(self.model), self.ema.swapped_into(self.model):
+            self._recalibrate_batch_norm()
+            yield self.model
+
+    def _recalibrate_batch_norm(self) -> None:
+        """Batch-norm statistics for the weights in the model now (the EMA's, beside which the
+        copied statistics describe the live weights), re-estimated over :meth:`_calibration_passes`
+        under a forked RNG seeded by the run's seed: they depend on the weights (and, for data, the
+        epoch) alone, and the training's random stream is untouched."""
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.seed)
+            try:
+                recalibrate_batch_norm(self.model, self._calibration_passes())
+            except NotImplementedError:  # a model that samples only with a condition it cannot make up
+                pass
+
+    def _calibration_passes(self) -> list[Callable[[], Any]]:
+        """The model's inference on ``CALIBRATION_PASSES`` batches: a generation model samples a
+        training batch's worth of images per pass; a translation model translates the sources of
+        a fixed, seeded choice of training items (items are functions of (seed, epoch, index), so
+        resumed and uninterrupted runs calibrate alike). Label-map models: none (no batch norm)."""
+        n = self.cfg.batch_size
+        if self.model.kind == "generation" and self._can_sample:
+            return [lambda: self.model.sample(n)] * CALIBRATION_PASSES
+        if self.model.kind != "translation":
+            return []
+        dataset = self.loader.dataset
+        chosen = np.random.default_rng([self.cfg.seed, CALIBRATION_PASSES]).permutation(len(dataset))[: n * CALIBRATION_PASSES]
+        batches = [_to_device(self.loader.collate_fn([dataset[int(i)] for i in chosen[s : s + n]]), self.device) for s in range(0, len(chosen), n)]
+        return [lambda batch=batch: self.model.translate(batch["source"]) for batch in batches]
+
     def _inference_weights(self) -> dict[str, torch.Tensor]:
-        """The weights model.pt would hold now (EMA if enabled), detached on the CPU."""
-        weights = self.ema.model_state_dict(self.model) if self.ema is not None else self.model.state_dict()
-        return {k: v.detach().cpu().clone() for k, v in weights.items()}
+        """The weights model.pt would hold now (see :meth:`_inference_model`), detached on the CPU."""
+        with self._inference_model() as model:
+            return _cpu_copy(model.state_dict())
 
     def _sample(self, n: int) -> torch.Tensor:
-        swap = self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext()
-        with eval_mode(self.model), swap:
-            return self.model.sample(n)
+        with self._inference_model() as model:
+            return model.sample(n)
 
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: Path | str | None = None) -> Path | None:
@@ -347,6 +389,10 @@ class Trainer:
 
 
 # -------------------------------------------------------------------------------------- helpers
+def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
 def _refuse_nonfinite(state: Mapping[str, torch.Tensor], what: str) -> None:
     """Raise FloatingPointError instead of writing weights that hold NaN/inf (the last good file stays)."""
     bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
