@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 SAMPLE_COUNT = 16
 #: batches over which batch-norm statistics are re-estimated for the EMA weights (:meth:`Trainer._recalibrate_batch_norm`)
 CALIBRATION_PASSES = 8
+#: seed stream of the training items chosen for that (apart from the data order's)
+CALIBRATION_STREAM = 1
 
 
 class Trainer:
@@ -308,7 +310,7 @@ class Trainer:
         if self.model.kind != "translation":
             return []
         dataset = self.loader.dataset
-        chosen = np.random.default_rng([self.cfg.seed, CALIBRATION_PASSES]).permutation(len(dataset))[: n * CALIBRATION_PASSES]
+        chosen = np.random.default_rng([self.cfg.seed, CALIBRATION_STREAM]).permutation(len(dataset))[: n * CALIBRATION_PASSES]
         batches = [_to_device(self.loader.collate_fn([dataset[int(i)] for i in chosen[s : s + n]]), self.device) for s in range(0, len(chosen), n)]
         return [lambda batch=batch: self.model.translate(batch["source"]) for batch in batches]
 
