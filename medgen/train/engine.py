@@ -311,8 +311,12 @@ class Trainer:
             return []
         dataset = self.loader.dataset
         chosen = np.random.default_rng([self.cfg.seed, CALIBRATION_STREAM]).permutation(len(dataset))[: n * CALIBRATION_PASSES]
-        batches = [_to_device(self.loader.collate_fn([dataset[int(i)] for i in chosen[s : s + n]]), self.device) for s in range(0, len(chosen), n)]
-        return [lambda batch=batch: self.model.translate(batch["source"]) for batch in batches]
+
+        def translate(items: np.ndarray) -> torch.Tensor:  # loads its batch only when run (not for a model without batch norm)
+            batch = _to_device(self.loader.collate_fn([dataset[int(i)] for i in items]), self.device)
+            return self.model.translate(batch["source"])
+
+        return [lambda items=chosen[s : s + n]: translate(items) for s in range(0, len(chosen), n)]
 
     def _inference_weights(self) -> dict[str, torch.Tensor]:
         """The weights model.pt would hold now (see :meth:`_inference_model`), detached on the CPU."""
