@@ -176,7 +176,7 @@ def _split(args: argparse.Namespace) -> int:
 
         check_split_subjects(args.prep_root, split, min_fraction=args.min_mask_fraction)
     write_split(split, args.out)
-    print(f"split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f" subjects -> {args.out}")
+    print("split: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + f" subjects -> {args.out}")
     return 0
 
 

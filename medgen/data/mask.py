@@ -7,7 +7,6 @@ import warnings
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
@@ -57,21 +56,21 @@ def head_mask(modality: str, array: np.ndarray, method: MaskMethod = "auto") -> 
     An empty result (constant or blank image) gives a warning and an all-zero mask.
     """
     threshold, how = threshold_for(modality, array, method)
-    raw = torch.as_tensor(array > threshold)[None]
+    raw = np.asarray(array > threshold)
     info: dict[str, Any] = {"method": how, "threshold": threshold if np.isfinite(threshold) else None}
-    if not bool(raw.any()):
+    if not raw.any():
         msg = f"{modality}: no voxel above the mask threshold ({how}); the mask is empty"
         log.warning(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         info["voxels"] = 0
         return np.zeros(array.shape, dtype=np.uint8), info
-    # imported here: `import monai` loads all of MONAI (about 6 s of CPU per process), and the
-    # commands that only need this module's neighbours (split, report) should not pay for it
-    from monai.transforms import FillHoles, KeepLargestConnectedComponent
-
-    largest = KeepLargestConnectedComponent(applied_labels=[1], connectivity=1)(raw.to(torch.uint8))
-    closed = _close(np.asarray(largest[0]).astype(bool), CLOSING_RADIUS)
-    filled = FillHoles(applied_labels=[1], connectivity=1)(torch.as_tensor(closed[None].astype(np.uint8)))
-    mask = np.asarray(filled[0]).astype(np.uint8)
+    # scipy rather than MONAI's KeepLargestConnectedComponent and FillHoles (same definitions, face
+    # connectivity): this runs in every preprocessing job, which would otherwise import MONAI for it
+    # (medgen/data/grid.py says what that costs).
+    faces = ndimage.generate_binary_structure(3, 1)
+    components, _ = ndimage.label(raw, structure=faces)
+    largest = components == np.argmax(np.bincount(components.ravel())[1:]) + 1
+    closed = _close(largest, CLOSING_RADIUS)
+    mask = ndimage.binary_fill_holes(closed, structure=faces).astype(np.uint8)
     info["voxels"] = int(mask.sum())
     return mask, info

@@ -1,7 +1,7 @@
 """One subject's modalities onto one common RAS grid: reorient, resample, (register), mask, crop, normalise.
 
-The reference modality is reoriented to RAS and resampled to ``cfg.spacing`` with MONAI; every
-other modality (after an optional rigid SimpleITK registration, folded into its affine so that
+The reference modality is reoriented to RAS and resampled to ``cfg.spacing`` (MONAI's grid, computed
+in :mod:`medgen.data.grid`); every other modality (after an optional rigid SimpleITK registration, folded into its affine so that
 it is interpolated only once) and the label map are resampled onto that grid. A head/body mask
 from the reference decides where the ``cfg.size`` box is centred; everything is cropped/padded
 identically, normalised per modality, and written to ``out_dir`` with ``normalisation.json``
@@ -21,10 +21,8 @@ from typing import Any, Literal, Mapping
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-import torch
-from monai.data import MetaTensor
-from monai.transforms import BorderPad, Orientation, ResampleToMatch, Spacing, SpatialCrop
 
+from medgen.data.grid import crop_or_pad, resample_to, to_ras_grid
 from medgen.data.mask import MaskMethod, head_mask
 from medgen.data.normalise import apply_normalisation, background_value, invert_normalisation, make_mapping  # noqa: F401  (re-exported)
 from medgen.io.atomic import atomic_write_json
@@ -89,31 +87,6 @@ class PreprocessConfig:
 # Geometry helpers
 
 
-def _metatensor(array: np.ndarray, affine: np.ndarray) -> MetaTensor:
-    """(X, Y, Z) array + RAS affine -> channel-first MetaTensor (1, X, Y, Z)."""
-    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None], affine=torch.as_tensor(affine, dtype=torch.float64))
-
-
-def _affine(img: MetaTensor) -> np.ndarray:
-    return np.asarray(img.affine, dtype=np.float64)
-
-
-def to_ras_grid(volume: Volume, spacing: tuple[float, float, float]) -> MetaTensor:
-    """Reorient to RAS and resample (bilinear) to ``spacing`` mm: the reference grid, (1, X, Y, Z)."""
-    img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(_metatensor(volume.array, volume.affine))
-    return Spacing(pixdim=tuple(float(s) for s in spacing), mode="bilinear", padding_mode="border")(img)
-
-
-def resample_to(array: np.ndarray, affine: np.ndarray, reference: MetaTensor, *, nearest: bool = False) -> MetaTensor:
-    """Resample an (X, Y, Z) array with a RAS ``affine`` onto the grid of ``reference``.
-
-    Images use bilinear interpolation with the border value outside their field of view; label
-    maps use nearest neighbour with 0 outside.
-    """
-    mode, padding = ("nearest", "zeros") if nearest else ("bilinear", "border")
-    return ResampleToMatch(mode=mode, padding_mode=padding)(_metatensor(array, affine), reference)
-
-
 def crop_start(mask: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     """Start index (may be negative) of the ``size`` box centred on the mask's bounding box.
 
@@ -125,19 +98,6 @@ def crop_start(mask: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     size_arr = np.array(size, dtype=int)
     # Box [start, start + size) whose centre ((size - 1) / 2 from start) is closest to the bbox centre.
     return np.floor(centre - (size_arr - 1) / 2.0 + 0.5).astype(int)
-
-
-def crop_or_pad(img: MetaTensor, start: np.ndarray, size: tuple[int, int, int], value: float) -> MetaTensor:
-    """The ``size`` box of ``img`` (1, X, Y, Z) starting at ``start``, padded with ``value`` outside."""
-    shape = np.array(img.shape[1:])
-    size_arr = np.array(size, dtype=int)
-    pad_lo = np.maximum(0, -start)
-    pad_hi = np.maximum(0, start + size_arr - shape)
-    if pad_lo.any() or pad_hi.any():
-        border = [int(v) for pair in zip(pad_lo, pad_hi) for v in pair]
-        img = BorderPad(spatial_border=border, mode="constant", value=float(value))(img)
-    begin = start + pad_lo
-    return SpatialCrop(roi_start=begin.tolist(), roi_end=(begin + size_arr).tolist())(img)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,20 +211,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _label_array(img: MetaTensor, source: Path) -> np.ndarray:
-    values = np.asarray(img[0], dtype=np.float64)
+def _label_array(img: Volume, source: Path) -> np.ndarray:
+    values = np.asarray(img.array, dtype=np.float64)
     rounded = np.rint(values)
     if values.min() < 0 or values.max() > 255:
         raise ValueError(f"{source}: label values must lie in 0..255 to be stored as uint8, found {values.min():g}..{values.max():g}")
     return rounded.astype(np.uint8)
 
 
-def _geometry(img: MetaTensor) -> dict[str, Any]:
-    affine = _affine(img)
+def _geometry(img: Volume) -> dict[str, Any]:
+    affine = np.asarray(img.affine, dtype=np.float64)
     return {
         "affine": affine.tolist(),
         "spacing": np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).tolist(),
-        "size": [int(n) for n in img.shape[1:]],
+        "size": [int(n) for n in img.array.shape],
         "axcodes": "".join(nib.aff2axcodes(affine)),
     }
 
@@ -329,7 +289,7 @@ def _run(paths: dict[str, Path], ref: str, out_dir: Path, cfg: PreprocessConfig,
     _check_not_constant(paths[ref], ref_vol, notes)
     notes += ref_vol.warnings
     grid = to_ras_grid(ref_vol, cfg.spacing)
-    images: dict[str, MetaTensor] = {ref: grid}
+    images: dict[str, Volume] = {ref: grid}
     registration: dict[str, Any] = {ref: None}
     for mod, path in paths.items():
         if mod == ref:
@@ -340,31 +300,31 @@ def _run(paths: dict[str, Path], ref: str, out_dir: Path, cfg: PreprocessConfig,
         affine = vol.affine
         registration[mod] = None
         if cfg.register:
-            params = register_rigid(Volume(np.asarray(grid[0]), _affine(grid)), vol, cfg)
+            params = register_rigid(grid, vol, cfg)
             registration[mod] = params
             affine = registered_affine(affine, np.array(params["fixed_to_moving_ras"]))
-        images[mod] = resample_to(vol.array, affine, grid)
+        images[mod] = resample_to(vol.array, affine, grid.array.shape, grid.affine)
 
     label_img = None
     if labels is not None:
         lab = load_nifti(labels)
         notes += lab.warnings
-        label_img = resample_to(lab.array, lab.affine, grid, nearest=True)
+        label_img = resample_to(lab.array, lab.affine, grid.array.shape, grid.affine, nearest=True)
 
-    mask, mask_info = head_mask(ref, np.asarray(grid[0]), cfg.mask_method)
+    mask, mask_info = head_mask(ref, grid.array, cfg.mask_method)
     start = crop_start(mask, cfg.size)
-    mask_img = crop_or_pad(_metatensor(mask.astype(np.float32), _affine(grid)), start, cfg.size, 0.0)
-    out_mask = np.asarray(mask_img[0]).round().astype(np.uint8)
+    mask_img = crop_or_pad(Volume(mask.astype(np.float32), grid.affine), start, cfg.size, 0.0)
+    out_mask = np.asarray(mask_img.array).round().astype(np.uint8)
     cropped = {mod: crop_or_pad(img, start, cfg.size, background_value(mod)) for mod, img in images.items()}
-    affine = _affine(mask_img)
+    affine = np.asarray(mask_img.affine, dtype=np.float64)
 
     mappings: dict[str, Any] = {}
     for mod, img in cropped.items():
         # Statistics come from the whole head on the reference grid, before padding adds background.
-        fit_on = np.asarray(images[mod][0], dtype=np.float32)
+        fit_on = np.asarray(images[mod].array, dtype=np.float32)
         mapping = make_mapping(mod, fit_on, mask if mask.any() else None, mr_norm=cfg.mr_norm, mr_percentiles=cfg.mr_percentiles, ct_window=cfg.ct_window)
         mappings[mod] = mapping
-        save_nifti(out_dir / f"{mod}.nii.gz", apply_normalisation(np.asarray(img[0]), mapping), affine, dtype=np.float32)
+        save_nifti(out_dir / f"{mod}.nii.gz", apply_normalisation(np.asarray(img.array), mapping), affine, dtype=np.float32)
     save_nifti(out_dir / MASK_FILE, out_mask, affine, dtype=np.uint8)
 
     label_meta = None

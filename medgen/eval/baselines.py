@@ -157,20 +157,14 @@ def resolution_floor(source_path: Path, truth_path: Path, card: ModelCard, out_p
     spacing = tuple(float(s) for s in card.data["spacing"])
     target = card.task["target"]
     grid = to_ras_grid(truth, spacing)
-    values = np.asarray(grid[0], dtype=np.float32)
+    values = grid.array
     if is_ct(target):
         values = np.clip(values, *card.data["preprocess"]["ct_window"])
-    mask, _ = head_mask(card.task["source"], np.asarray(to_ras_grid(source, spacing)[0], dtype=np.float32))
+    mask, _ = head_mask(card.task["source"], to_ras_grid(source, spacing).array)
     if mask.any():
         values = np.where(mask, values, np.float32(background_value(target))).astype(np.float32)
-    back = resample_to(values, np.asarray(grid.affine, dtype=np.float64), _reference(truth))
-    return save_nifti(out_path, np.asarray(back[0], dtype=np.float32), truth.affine)
-
-
-def _reference(volume: Any) -> Any:
-    from medgen.synth.translate import _reference as grid_of  # the grid translate resamples onto
-
-    return grid_of(volume.array.shape, volume.affine)
+    back = resample_to(values, grid.affine, truth.array.shape, truth.affine)
+    return save_nifti(out_path, back.array, truth.affine)
 
 
 def run_baselines(

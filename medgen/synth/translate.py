@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from tqdm.auto import tqdm
 
+from medgen.data.grid import resample_to, to_ras_grid
 from medgen.data.mask import head_mask
 from medgen.data.normalise import apply_normalisation, background_value, invert_normalisation, is_ct, make_mapping
-from medgen.data.preprocess import PreprocessConfig, resample_to, to_ras_grid
+from medgen.data.preprocess import PreprocessConfig
 from medgen.data.scale_relation import subject_target_mapping
 from medgen.io.nifti import Volume, load_nifti, save_nifti
 from medgen.synth.input_checks import check_modality, range_warnings, write_sidecar
@@ -215,11 +215,6 @@ def _roi_size(data: dict[str, Any]) -> tuple[int, int, int]:
 # Geometry back to the input
 
 
-def _reference(shape: tuple[int, ...], affine: np.ndarray) -> MetaTensor:
-    """An empty MetaTensor (1, X, Y, Z) that stands for the input grid in resample_to."""
-    return MetaTensor(torch.zeros((1, *shape), dtype=torch.float32), affine=torch.as_tensor(affine, dtype=torch.float64))
-
-
 def _target_mapping(data: dict[str, Any], source_map: dict[str, Any], target: str) -> tuple[dict[str, Any], str]:
     """The normalisation that takes the output back to units, and what those units are."""
     cohort = data["mappings"][target]
@@ -233,8 +228,7 @@ def _target_mapping(data: dict[str, Any], source_map: dict[str, Any], target: st
 
 def _to_input_grid(array: np.ndarray, ras_affine: np.ndarray, volume: Volume) -> np.ndarray:
     """Resample (linear) from the RAS model grid onto exactly the input's voxel grid."""
-    out = resample_to(array, ras_affine, _reference(volume.array.shape, volume.affine))
-    return np.asarray(out[0], dtype=np.float32)
+    return resample_to(array, ras_affine, volume.array.shape, volume.affine).array
 
 
 def _write_output(
@@ -306,8 +300,8 @@ def translate_volume(
 
     # Model grid: RAS at the training spacing, the whole field of view (no crop).
     grid = to_ras_grid(volume, tuple(float(s) for s in data["spacing"]))
-    ras_affine = np.asarray(grid.affine, dtype=np.float64)
-    ras = np.asarray(grid[0], dtype=np.float32)
+    ras_affine = grid.affine
+    ras = grid.array
     mask, _ = head_mask(source, ras)
     source_map = make_mapping(source, ras, mask if mask.any() else None, **_preprocess_options(card))
     input_warnings = range_warnings(ras, mask, data, source)
