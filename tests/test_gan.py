@@ -9,7 +9,7 @@ import torch
 
 from medgen.models.adversarial import generator_bce_loss
 from medgen.models.cgan import ConditionalGAN
-from medgen.models.gan import DCGAN
+from medgen.models.gan import DCGAN, MinibatchStd
 from medgen.models.glow import Glow
 from medgen.models.registry import MODELS, build_model, model_options
 from model_helpers import SimpleStepContext, fit
@@ -142,6 +142,26 @@ def test_cgan_fit_orders_sample_brightness_by_label():
     dark, bright = model.sample(64, labels=0).mean().item(), model.sample(64, labels=1).mean().item()
     assert bright - dark > 0.6
     assert dark < -0.2 and bright > 0.2
+
+
+def test_minibatch_std_shows_the_discriminator_a_collapsed_batch():
+    torch.manual_seed(0)
+    varied = torch.randn(8, 4, 4, 4)
+    collapsed = varied[:1].expand(8, -1, -1, -1)
+    out_varied, out_collapsed = MinibatchStd()(varied), MinibatchStd()(collapsed)
+    assert out_varied.shape == (8, 5, 4, 4)
+    torch.testing.assert_close(out_varied[:, :4], varied)
+    # spread of unit normals over 8 samples: sqrt of the biased variance, about 0.9; of copies: 0
+    assert 0.6 < out_varied[:, 4].mean().item() < 1.1 and out_varied[:, 4].std().item() < 1e-6
+    assert out_collapsed[:, 4].abs().max().item() < 1e-3
+    assert MinibatchStd()(varied[:1])[:, 4].abs().max().item() == 0.0
+    # the feature reaches the projection discriminator: a collapsed batch scores differently
+    model = build_model("cgan", **TINY, image_size=16, n_classes=3, minibatch_std=True).eval()  # batch norm per image
+    images, labels = torch.randn(6, 1, 16, 16), torch.zeros(6, dtype=torch.long)
+    copies = images[:1].expand(6, -1, -1, -1)
+    assert not torch.allclose(model.discriminate(copies, labels)[0], model.discriminate(images, labels)[0])
+    with pytest.raises(ValueError, match="minibatch_std"):
+        build_model("gan", **TINY, image_size=32, discriminator="patch", patch_layers=2, minibatch_std=True)
 
 
 def test_registry_builds_every_model_and_names_errors():

@@ -71,6 +71,7 @@ class DCGANConfig(GANOptions):
     upsample: str = "transpose"  # transpose | nearest (upsample + conv, avoids checkerboards)
     batch_norm: bool = True
     spectral_norm: bool = False  # discriminator: spectral norm instead of batch norm
+    minibatch_std: bool = False  # dcgan discriminator: one more feature, the batch's spread (MinibatchStd)
     leaky_slope: float = 0.2
     discriminator: str = "dcgan"  # dcgan | patch
     patch_layers: int = 3  # layers of the MONAI PatchDiscriminator
@@ -96,6 +97,8 @@ class DCGANConfig(GANOptions):
             raise ValueError(f"image_size {self.image_size} is too small for patch_layers {self.patch_layers}: needs >= 4·2**patch_layers")
         if self.residual_blocks < 0:
             raise ValueError("residual_blocks must be >= 0")
+        if self.minibatch_std and self.discriminator != "dcgan":
+            raise ValueError("minibatch_std is an option of discriminator 'dcgan'")
 
 
 def dcgan_options(options: Any, **overrides: Any) -> DCGANConfig:
@@ -162,6 +165,21 @@ class Generator(nn.Module):
         return self.out(self.blocks(self.project_act(h)))
 
 
+class MinibatchStd(nn.Module):
+    """Appends one channel holding the batch's spread: the standard deviation of every feature over
+    the batch, averaged over features and positions (Karras et al. 2018, arXiv:1710.10196, §3).
+
+    A generator that maps every z to nearly one image gives batches of spread near 0, which the
+    discriminator can then see and reject; without it each image is judged alone and a collapsed
+    generator whose one image is realistic is not penalised. The spread is over the whole batch
+    (the original uses groups of 4; the batches here are small) and is 0 for a batch of one.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spread = torch.sqrt(x.float().var(dim=0, unbiased=False) + 1e-8).mean() if x.shape[0] > 1 else x.new_zeros((), dtype=torch.float32)
+        return torch.cat([x, spread.to(x.dtype).expand(x.shape[0], 1, *x.shape[2:])], dim=1)
+
+
 class DCGANDiscriminator(nn.Module):
     """(N, C, S, S[, S]) -> logit (N, 1); ``features(x)`` gives the flattened φ(x) (N, F)."""
 
@@ -181,6 +199,9 @@ class DCGANDiscriminator(nn.Module):
                 nn.LeakyReLU(cfg.leaky_slope),
             ]
             c_in, c_out = c_out, min(2 * c_out, 8 * cfg.ndf)
+        if cfg.minibatch_std:
+            layers.append(MinibatchStd())
+            c_in += 1
         self.body = nn.Sequential(*layers)
         self.n_features = c_in * 4**d
         self.head = sn(nn.Linear(self.n_features, 1))
