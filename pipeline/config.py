@@ -176,6 +176,8 @@ def _task_problems(cfg: dict[str, Any]) -> Iterator[str]:
                 yield f"config key '{key}.modalities': {mods} must be a non-empty subset of {cfg['modalities']}"
             if len(mods) > 1 and task.get("condition") != "modality":
                 yield f"config key '{key}.condition': several modalities need condition 'modality'"
+            if task.get("flip_lr"):
+                yield f"config key '{key}.flip_lr': mirrored training pairs are an option of translation tasks"
         for model, entry in task["models"].items():
             if model not in MODELS:
                 yield f"config key '{key}.models.{model}': unknown model; valid names: {', '.join(sorted(MODELS))}"

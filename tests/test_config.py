@@ -53,6 +53,8 @@ def test_defaults_fill_a_minimal_config():
         ({"tasks": {"t": {"kind": "translation", "source": "T1w", "target": "PET", "models": {"glow": {}}}}},
          r"'tasks.t.target': 'PET' is not one of modalities(.|\n)*a generation model in a translation task"),
         ({"tasks": {"t": {"kind": "generation", "modalities": ["T1w", "CT"], "models": {"cgan": {}}}}}, r"several modalities need condition 'modality'"),
+        ({"tasks": {"t": {"kind": "generation", "modalities": ["T1w"], "flip_lr": True, "models": {"gan": {}}}}},
+         r"config key 'tasks.t.flip_lr': mirrored training pairs are an option of translation tasks"),
     ],
 )
 def test_bad_config_names_the_key(patch, message):

@@ -11,6 +11,7 @@ import torch
 from medgen.cli import main
 from medgen.data.splits import read_split
 from medgen.data.tasks import GenerationDataset, TranslationDataset
+from medgen.errors import ExitCode
 from medgen.models.artifact import load, read
 
 
@@ -46,6 +47,40 @@ def test_unpaired_translation_pairs_change_with_epoch(tiny_cohort):
     assert any(not torch.equal(a, b) for a, b in zip(first, second))
     unpaired.set_epoch(0)
     assert all(torch.equal(a, unpaired[i]["target"]) for i, a in enumerate(first))
+
+
+def test_flip_lr_mirrors_pairs_together_about_half_the_time_per_epoch(tiny_cohort):
+    train = read_split(tiny_cohort["split"])["train"]
+    plain = TranslationDataset(tiny_cohort["prep"], train, "T1w", "CT", paired=True, context=1)
+    mirrored = TranslationDataset(tiny_cohort["prep"], train, "T1w", "CT", paired=True, context=1, flip_lr=True, seed=3)
+
+    def flips(epoch: int) -> list[bool]:
+        mirrored.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        out = []
+        for i in range(len(plain)):
+            a, b = plain[i], mirrored[i]
+            if torch.equal(a["source"], b["source"]) and torch.equal(a["target"], b["target"]):
+                out.append(False)
+                continue
+            # mirrored along X (left-right), source (all 2.5D channels) and target together
+            assert torch.equal(b["source"], torch.flip(a["source"], dims=(1,))) and torch.equal(b["target"], torch.flip(a["target"], dims=(1,)))
+            out.append(True)
+        return out
+
+    first = flips(0)
+    n = len(first)
+    assert n >= 20 and abs(sum(first) - n / 2) <= 3 * (n / 4) ** 0.5  # binomial(n, 1/2): within 3 SD
+    assert flips(1) != first  # a new draw each epoch ...
+    assert flips(0) == first  # ... that is a function of (seed, epoch): resume sees the same items
+
+
+def test_flip_lr_is_refused_for_generation_tasks(tiny_cohort, tmp_path, capsys):
+    task = {"name": "t1", "kind": "generation", "modalities": ["T1w"], "flip_lr": True}
+    code = main(["train", "--prep-root", str(tiny_cohort["prep"]), "--split", str(tiny_cohort["split"]), "--task-json", json.dumps(task),
+                 "--model", "gan", "--out", str(tmp_path / "run"), "--steps", "1", "--device", "cpu"])
+    assert code == int(ExitCode.USAGE) and "flip_lr" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.pt").exists()
 
 
 def test_train_then_load_rebuilds_the_same_model(tiny_cohort, tmp_path):

@@ -129,7 +129,12 @@ class TranslationDataset(Dataset):
     from a seeded, epoch-dependent other position (``paired=False``, unpaired training).
 
     ``context`` > 0 (2D only) makes the source 2.5D: the ``context`` slices on either side of the
-    target's slice as extra channels, (2·context+1, X, Y), centre slice in the middle channel."""
+    target's slice as extra channels, (2·context+1, X, Y), centre slice in the middle channel.
+    ``flip_lr`` mirrors item ``i``'s source and target together along the first spatial axis (left-
+    right on the RAS grid) when a per-epoch draw from ``seed`` says so (probability 1/2): a function
+    of (seed, epoch, i), so a resumed run sees the same items. Written here rather than with MONAI's
+    ``RandFlipd`` because that transform's random state advances with every call, which would tie
+    the flips to the order in which items are loaded (workers, resume)."""
 
     def __init__(
         self,
@@ -144,12 +149,14 @@ class TranslationDataset(Dataset):
         seed: int = 0,
         min_mask_fraction: float = MIN_MASK_FRACTION,
         context: int = 0,
+        flip_lr: bool = False,
     ) -> None:
         if source == target:
             raise ValueError(f"source and target are both {source!r}")
         if context < 0 or (context and spatial_dims != 2):
             raise ValueError(f"context (neighbour slices of a 2.5D source) must be >= 0 and needs 2D slices; got {context} with spatial_dims {spatial_dims}")
         self.source, self.target, self.paired, self.seed, self.context = source, target, paired, seed, int(context)
+        self.flip_lr = bool(flip_lr)
         self.base = _base_dataset(
             Path(prep_root), subjects, [source, target], spatial_dims=spatial_dims, patch_size=patch_size, seed=seed, labels=False, min_mask_fraction=min_mask_fraction
         )
@@ -160,6 +167,7 @@ class TranslationDataset(Dataset):
             self.base.set_epoch(epoch)
         rng = np.random.default_rng([self.seed, epoch, 7])
         self._partner = rng.permutation(len(self.base))
+        self._flipped = np.random.default_rng([self.seed, epoch, 11]).random(len(self.base)) < 0.5 if self.flip_lr else None
 
     def __len__(self) -> int:
         return len(self.base)
@@ -167,7 +175,10 @@ class TranslationDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = self.base[i]
         target = item[self.target] if self.paired else self.base[int(self._partner[i])][self.target]
-        return {"source": self.source_slices(i) if self.context else item[self.source], "target": target}
+        source = self.source_slices(i) if self.context else item[self.source]
+        if self._flipped is not None and self._flipped[i]:
+            source, target = torch.flip(source, dims=(1,)), torch.flip(target, dims=(1,))  # (C, X, ...): X is left-right
+        return {"source": source, "target": target}
 
     def source_slices(self, i: int) -> torch.Tensor:
         """The 2.5D source of item ``i`` from the cached volume, float32."""
@@ -218,7 +229,7 @@ def task_dataset(
     if task["kind"] == "translation":
         return TranslationDataset(
             prep_root, subjects, task["source"], task["target"], paired=model_paired, spatial_dims=spatial_dims, patch_size=patch_size, seed=seed,
-            min_mask_fraction=fraction, context=context
+            min_mask_fraction=fraction, context=context, flip_lr=bool(task.get("flip_lr", False))
         )
     return GenerationDataset(
         prep_root,

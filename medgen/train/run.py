@@ -98,6 +98,8 @@ def _check_task(task: Mapping[str, Any]) -> None:
     kind = task.get("kind")
     if kind not in TASK_KEYS:
         raise OptionError(f"--task-json: 'kind' must be 'generation' or 'translation', got {kind!r}")
+    if task.get("flip_lr") and kind != "translation":
+        raise OptionError(f"--task-json: flip_lr (mirrored training pairs) is an option of translation tasks, not {kind}")
     missing = [key for key in TASK_KEYS[kind] if not task.get(key)]
     if missing:
         raise OptionError(f"--task-json: a {kind} task needs {', '.join(map(repr, missing))}, e.g. "
