@@ -29,6 +29,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_phantom.py
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_preprocess.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_translation.py --quick
 

@@ -69,10 +69,15 @@ def test_default_dag(tmp_path):
     res = _snakemake(tmp_path, None, "-n", "--printshellcmds")
     assert res.returncode == 0, res.stderr
     counts = _job_counts(res.stdout + res.stderr)
-    assert counts == {"phantom": 1, "ingest": 20, "preprocess": 20, "split": 1, "encoder": 1, "train": 6, "sample": 3, "translate": 3, "evaluate": 6, "baselines": 2, "downstream": 1, "report": 1, "all": 1}
-    # the Glow is validated on samples drawn at the temperature its samples are drawn at
-    glow = next(line for line in res.stdout.splitlines() if " train " in line and "--model glow" in line)
-    assert "--sample-temperature 0.7" in glow
+    assert counts == {"phantom": 1, "ingest": 20, "preprocess": 20, "split": 1, "encoder": 1, "train": 4, "sample": 1, "translate": 3, "evaluate": 4, "baselines": 2, "downstream": 1, "report": 1, "all": 1}
+    # a generation model is validated on samples drawn at the temperature its samples are drawn at
+    config = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    config["tasks"]["t1w_synthesis"]["models"]["vaegan"]["sample"] = {"temperature": 0.7}
+    res = _snakemake(tmp_path, config, "-n", "--printshellcmds")
+    assert res.returncode == 0, res.stderr
+    train = next(line for line in res.stdout.splitlines() if " train " in line and "--model vaegan" in line)
+    sample = next(line for line in res.stdout.splitlines() if " sample " in line and "vaegan/model.pt" in line)
+    assert "--sample-temperature 0.7" in train and "--encoder " in train and "--temperature 0.7" in sample
 
 
 def test_dag_for_each_user_data_source(tmp_path):

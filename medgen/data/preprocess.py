@@ -1,11 +1,11 @@
 """One subject's modalities onto one common RAS grid: reorient, resample, (register), mask, crop, normalise.
 
-The reference modality is reoriented to RAS and resampled to ``cfg.spacing`` (MONAI's grid, computed
-in :mod:`medgen.data.grid`); every other modality (after an optional rigid SimpleITK registration, folded into its affine so that
-it is interpolated only once) and the label map are resampled onto that grid. A head/body mask
-from the reference decides where the ``cfg.size`` box is centred; everything is cropped/padded
-identically, normalised per modality, and written to ``out_dir`` with ``normalisation.json``
-holding the inverse mappings and the geometry.
+The reference modality is reoriented to RAS and resampled to ``cfg.spacing`` (MONAI's grid,
+computed in :mod:`medgen.data.grid`); every other modality (after an optional rigid SimpleITK
+registration, folded into its affine so that it is interpolated only once) and the label map are
+resampled onto that grid. A head/body mask from the reference decides where the ``cfg.size`` box
+is centred; everything is cropped/padded identically, normalised per modality, and written to
+``out_dir`` with ``normalisation.json`` holding the inverse mappings and the geometry.
 """
 
 from __future__ import annotations
