@@ -143,7 +143,7 @@ def test_head_mask_matches_monais_component_and_hole_filling() -> None:
 
 
 def test_preprocessing_imports_neither_monai_nor_torch(tmp_path: Path) -> None:
-    # Each subject is preprocessed in its own process: importing MONAI would cost it ~12 s of CPU.
+    # Each subject is preprocessed in its own process: importing MONAI would cost it ~10 s.
     idx = np.indices((30, 32, 28)).astype(float)
     head = np.sqrt(((idx - 15) ** 2).sum(axis=0)) < 11
     affine = np.diag([2.0, 2.0, 2.0, 1.0])

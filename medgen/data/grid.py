@@ -4,8 +4,8 @@ The grid is MONAI's: ``Orientation(axcodes="RAS")`` followed by ``Spacing(pixdim
 gives the same shape and affine as :func:`to_ras_grid`, and ``ResampleToMatch`` the same values as
 :func:`resample_to` (``tests/test_grid.py`` pins both against MONAI). They are written here with
 nibabel's orientation tools and ``scipy.ndimage`` because preprocessing runs as one process per
-subject: importing MONAI (which loads all of its submodules, and torch) costs about 12 s of CPU per
-process on the demo's machine against about 1 s of work, i.e. most of every preprocessing job.
+subject: importing MONAI (which loads all of its submodules, and torch) takes about 10 s per process
+on the demo's machine, against about 2 s for the whole job without it (benchmarks/bench_preprocess.py).
 
 Coordinates: ``array[i, j, k]`` lies at ``affine @ (i, j, k, 1)`` (RAS mm, voxel centres).
 """
