@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from medgen.data.grid import resample_to, to_ras_grid
 from medgen.data.mask import head_mask
 from medgen.data.normalise import background_value, is_ct
-from medgen.data.preprocess import resample_to, to_ras_grid
 from medgen.data.splits import read_split
 from medgen.io.atomic import atomic_write_json
 from medgen.io.nifti import load_nifti, save_nifti
