@@ -67,7 +67,7 @@ def _subject_arrays(cohort: Path, subject: str, source: str, target: str) -> tup
 
 
 def _eval_scale(array: np.ndarray, target: str, mappings: dict) -> np.ndarray:
-    """HU for CT; the subject's own normalised scale for MR (as medgen.eval.run does)."""
+    """HU for CT; the subject's own normalised scale for MR (as medgen.eval.translation_run does)."""
     return np.asarray(array, dtype=np.float64) if is_ct(target) else apply_normalisation(array, mappings[target]).astype(np.float64)
 
 
@@ -118,10 +118,11 @@ def profile(cohort: Path, task: dict, model_name: str, options: dict, batch_size
     """FLOPs per network of one training step, step and loading times, validation and checkpoint time."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from medgen.data.preprocess import median_normalisation
     from medgen.data.tasks import task_dataset
     from medgen.models.registry import build_model, is_paired
     from medgen.train.engine import TrainConfig, Trainer
-    from medgen.train.run import _fill_shape_options, _translation_validator, _median_mappings
+    from medgen.train.run import _fill_shape_options, _translation_validator
 
     split = read_split(cohort / "splits.json")
     prep = cohort / "prep"
@@ -129,7 +130,7 @@ def profile(cohort: Path, task: dict, model_name: str, options: dict, batch_size
     options = _fill_shape_options(model_name, dict(options, spatial_dims=2), ds[0], None)
     model = build_model(model_name, **options)
     cfg = TrainConfig(out_dir=out, max_steps=10**6, batch_size=batch_size, image_every=0, val_every=1)
-    mappings, _ = _median_mappings(prep, split["train"], [task["source"], task["target"]])
+    mappings, _ = median_normalisation(prep, split["train"], [task["source"], task["target"]])
     validator = _translation_validator(task, prep, split["val"], mappings, 2, None, cfg)
     trainer = Trainer(model, ds, cfg, validator=validator)
     batches = iter(trainer.loader)

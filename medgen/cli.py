@@ -288,7 +288,7 @@ def _translate(args: argparse.Namespace) -> int:
 
 
 def _encoder(args: argparse.Namespace) -> int:
-    from medgen.eval.run import train_study_encoder
+    from medgen.eval.generation_run import train_study_encoder
 
     check_output_path(args.out, "file")
     steps = eval_settings(args).encoder_steps
@@ -298,15 +298,13 @@ def _encoder(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from medgen.eval import run
-
     check_output_path(args.out, "file")
     if args.kind == "translation":
         if not args.task_json:
             raise OptionError("evaluate translation needs --task-json (the task's source and target)")
-        from medgen.eval.baselines import read_baselines
+        from medgen.eval.translation_run import evaluate_translation, read_baselines
 
-        result = run.evaluate_translation(
+        result = evaluate_translation(
             task=_json_arg(args.task_json, "--task-json"), model=args.model, pred_dir=args.pred_dir, nifti_root=args.nifti_root,
             prep_root=args.prep_root, split_path=args.split, out_json=args.out, seed=args.seed,
             baselines=read_baselines(args.baselines) if args.baselines else None,
@@ -314,6 +312,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         mae = result["aggregate"]["mae"]
         print(f"evaluate: {args.model} MAE {mae['mean']:.4g} {result['units']} over {mae['n']} test subjects -> {args.out}")
         return 0
+    from medgen.eval.generation_run import evaluate_generation
     from medgen.models.artifact import read_card
 
     card = read_card(args.checkpoint)
@@ -327,7 +326,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         extractors["encoder"] = {"path": args.encoder}
     if "radiomics" in extractors:
         extractors["radiomics"] = {"image_types": ["Original"]}
-    result = run.evaluate_generation(
+    result = evaluate_generation(
         card=card, model=args.model, manifest=args.samples, prep_root=args.prep_root, split_path=args.split,
         out_json=args.out, extractors=extractors, max_real=settings.max_real, seed=args.seed,
     )

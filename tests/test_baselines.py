@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 from medgen.data.phantom import generate_cohort
 from medgen.data.preprocess import PreprocessConfig, preprocess_subject
 from medgen.data.splits import write_split
-from medgen.eval.baselines import BASELINES, fit_lookup, fit_quantile_map, read_baselines, resolution_floor, run_baselines
+from medgen.eval.baselines import BASELINES, fit_lookup, fit_quantile_map, resolution_floor, run_baselines
+from medgen.eval.translation_run import read_baselines
 from medgen.io.nifti import load_nifti, save_nifti
 from medgen.models.artifact import ModelCard
 
@@ -77,3 +80,25 @@ def test_baselines_on_a_phantom_cohort_score_like_models_and_in_the_expected_ord
     assert 0 < mae["resolution_floor"] < 150  # HU: partial volume at a 6 mm grid on a 4 mm phantom
     section = read_baselines(cohort / "baselines.json")
     assert "curve" not in section["intensity_lookup"] and "curve" in json.loads((cohort / "baselines.json").read_text())["baselines"]["intensity_lookup"]
+
+
+def test_baselines_and_translation_evaluation_never_import_monai(cohort: Path, tmp_path: Path):
+    # Each runs in its own process per task or model: `import monai` would cost it about 10 s.
+    task = json.dumps({"name": "t1_ct", "kind": "translation", "source": "T1w", "target": "CT"})
+    common = ["--prep-root", str(cohort / "prep"), "--nifti-root", str(cohort / "phantom" / "nifti"), "--split", str(cohort / "splits.json")]
+    baselines = ["baselines", "--task-json", task, *common, "--out-dir", str(tmp_path / "baselines"), "--out", str(tmp_path / "baselines.json")]
+    # the lookup's volumes stand in for a model's translations
+    evaluate = ["evaluate", "translation", "--model", "m", "--task-json", task, *common, "--pred-dir", str(tmp_path / "baselines" / "intensity_lookup"),
+                "--baselines", str(tmp_path / "baselines.json"), "--out", str(tmp_path / "m.json")]
+    for argv, allowed in ((baselines, {"torch"}), (evaluate, set())):
+        code = (
+            "import sys\n"
+            "from medgen.cli import main\n"
+            f"assert main({argv!r}) == 0\n"
+            f"loaded = sorted(m for m in ('monai', 'torch') if m in sys.modules and m not in {sorted(allowed)!r})\n"
+            "assert not loaded, loaded\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    scored = json.loads((tmp_path / "m.json").read_text())
+    lookup = json.loads((tmp_path / "baselines.json").read_text())["baselines"]["intensity_lookup"]
+    assert scored["aggregate"]["mae"]["mean"] == pytest.approx(lookup["aggregate"]["mae"]["mean"], rel=1e-12)

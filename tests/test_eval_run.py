@@ -15,7 +15,7 @@ from medgen.data.normalise import invert_normalisation
 from medgen.data.preprocess import load_normalisation
 from medgen.data.splits import read_split
 from medgen.data.tasks import task_dataset
-from medgen.eval import run
+from medgen.eval import generation_run as run
 from medgen.eval.distribution import fid_from_features
 from medgen.eval.metrics_file import write_metrics
 from medgen.eval.radiomics_features import standardise_features

@@ -22,7 +22,7 @@ from medgen.data.datasets import CachePolicy
 from medgen.data.preprocess import PreprocessConfig
 from medgen.data.settings import PhantomSettings, SplitSettings
 from medgen.data.usable import MIN_MASK_FRACTION
-from medgen.eval import downstream, run
+from medgen.eval import downstream, generation_run
 from medgen.eval.settings import DownstreamSettings, EvalSettings
 from medgen.io.ingest import IngestOptions
 from medgen.synth.translate import translate_volume
@@ -166,7 +166,7 @@ def test_eval_defaults_agree():
     assert {k: schema[k] for k in settings} == settings and schema["extractors"] == EvalSettings().extractors == {}
     assert eval_settings(build_parser().parse_args(["evaluate", "generation", "--model", "m", "--prep-root", "p", "--split", "s", "--out", "o"])) == EvalSettings()
     assert eval_settings(build_parser().parse_args(["encoder", "--prep-root", "p", "--split", "s", "--modalities", "T1w", "--out", "o"])) == EvalSettings()
-    assert function_defaults(run.evaluate_generation)["max_real"] == settings["max_real"]
+    assert function_defaults(generation_run.evaluate_generation)["max_real"] == settings["max_real"]
     ds = dataclass_defaults(DownstreamSettings)
     assert schema_defaults("eval", "downstream") == ds
     args = build_parser().parse_args(["downstream", "--task-json", "{}", "--prep-root", "p", "--split", "s", "--out", "o"])

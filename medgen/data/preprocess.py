@@ -16,7 +16,7 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -361,3 +361,22 @@ def load_normalisation(prep_dir: Path | str) -> dict[str, dict[str, Any]]:
 
     meta = json.loads((Path(prep_dir) / NORMALISATION_JSON).read_text())
     return meta["normalisation"]
+
+
+def median_normalisation(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str]) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Per modality, the training subjects' normalisation with median scale and offset (exact
+    for CT's fixed HU window; the cohort's typical scale for MR), and the first subject's file
+    (what a trained model's card records; :mod:`medgen.train.run` and the baselines use it)."""
+    docs = [json.loads((Path(prep_root) / s / NORMALISATION_JSON).read_text()) for s in subjects]
+    mappings = {}
+    for mod in modalities:
+        per_subject = [d["normalisation"][mod] for d in docs]
+        mapping = dict(per_subject[0])
+        for key in ("scale", "offset"):
+            mapping[key] = float(np.median([m[key] for m in per_subject]))
+        if mapping.get("clip_normalised") is not None:
+            lo, hi = mapping["clip_normalised"]
+            mapping["source_range"] = [mapping["offset"] + lo * mapping["scale"], mapping["offset"] + hi * mapping["scale"]]
+        mapping["method"] = f"{mapping.get('method', 'linear')} (median of {len(per_subject)} training subjects)"
+        mappings[mod] = mapping
+    return mappings, docs[0]

@@ -2,7 +2,7 @@
 
 A translation model's error means something only beside what needs no learning. Three
 baselines are fitted on the training split only, run over every test subject and scored by
-exactly the code that scores the models (:func:`medgen.eval.run.evaluate_translation`):
+exactly the code that scores the models (:func:`medgen.eval.translation_run.evaluate_translation`):
 
 * ``identity_matched``: the source returned unchanged, its intensities mapped onto the target's
   distribution by quantile matching (quantiles pooled over the training subjects inside their
@@ -22,7 +22,6 @@ the output so that the numbers can be checked.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,6 +33,7 @@ from torch import nn
 from medgen.data.grid import resample_to, to_ras_grid
 from medgen.data.mask import head_mask
 from medgen.data.normalise import background_value, is_ct
+from medgen.data.preprocess import median_normalisation
 from medgen.data.splits import read_split
 from medgen.io.atomic import atomic_write_json
 from medgen.io.nifti import load_nifti, save_nifti
@@ -131,9 +131,7 @@ class VoxelwiseTranslator(nn.Module):
 
 def cohort_card(prep_root: Path, subjects: Sequence[str], task: Mapping[str, Any], name: str) -> ModelCard:
     """The part of a trained model's card that translation reads, built as ``medgen train`` builds it."""
-    from medgen.train.run import _median_mappings  # the one owner of the cohort mappings
-
-    mappings, first = _median_mappings(Path(prep_root), subjects, [task["source"], task["target"]])
+    mappings, first = median_normalisation(Path(prep_root), subjects, [task["source"], task["target"]])
     return ModelCard(
         model=name,
         task={"name": task.get("name"), "kind": "translation", "source": task["source"], "target": task["target"]},
@@ -183,7 +181,7 @@ def run_baselines(
         {"kind": "translation_baselines", "task", "source", "target", "units",
          "baselines": {name: {"description", "per_subject": [...], "aggregate": {...}, "curve"?}}}
     """
-    from medgen.eval.run import evaluate_translation
+    from medgen.eval.translation_run import evaluate_translation
     from medgen.synth.translate import translate_volume
 
     split = read_split(split_path)
@@ -216,12 +214,3 @@ def run_baselines(
         log.info("baseline %s: MAE %.4g %s", name, scored["aggregate"].get("mae", {}).get("mean", float("nan")), scored.get("units"))
     atomic_write_json(out_json, result)
     return result
-
-
-def read_baselines(path: Path) -> dict[str, Any]:
-    """The ``baselines`` section of a file written by :func:`run_baselines` (per-subject rows and
-    aggregates, without the fitted curves), for a model's metrics file."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("kind") != "translation_baselines" or not isinstance(doc.get("baselines"), dict):
-        raise ValueError(f"{path}: not a baselines file written by `medgen baselines`; rerun that step")
-    return {name: {k: v for k, v in entry.items() if k != "curve"} for name, entry in doc["baselines"].items()}

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
 from tqdm.auto import tqdm
 
 from medgen.data.grid import resample_to, to_ras_grid
@@ -165,6 +164,10 @@ def run_3d(
     shape = np.asarray(volume).shape
     pads = [_pad_amounts(n, 1) if n >= r else ((r - n) // 2, r - n - (r - n) // 2) for n, r in zip(shape, roi_size)]
     padded = np.pad(np.asarray(volume, dtype=np.float32), pads, mode="constant", constant_values=background)
+    # Imported here, not at the top: `import monai` loads all of MONAI (about 10 s per process on
+    # 2 cores), which slice-wise 2D models and the voxel-wise baselines never need.
+    from monai.inferers import SlidingWindowInferer
+
     inferer = SlidingWindowInferer(
         roi_size=tuple(int(r) for r in roi_size), sw_batch_size=batch_size, overlap=overlap, mode="gaussian",
         sw_device=device, device=torch.device("cpu"), progress=_progress_enabled(progress),

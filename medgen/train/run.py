@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from medgen.data.normalise import is_ct
+from medgen.data.preprocess import median_normalisation
 from medgen.data.scale_relation import fit_scale_relation
 from medgen.data.splits import read_split
 from medgen.data.tasks import task_dataset, with_augmentation
@@ -33,24 +33,6 @@ from medgen.train.engine import TrainConfig, Trainer
 from medgen.train.validation import PairedSlices, TranslationValidator, generation_validator
 
 log = logging.getLogger(__name__)
-
-def _median_mappings(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str]) -> tuple[dict[str, dict], dict[str, Any]]:
-    """Per modality, the training subjects' normalisation with median scale and offset (exact
-    for CT's fixed HU window; the cohort's typical scale for MR), and the first subject's file."""
-    docs = [json.loads((prep_root / s / NORMALISATION_JSON).read_text()) for s in subjects]
-    mappings = {}
-    for mod in modalities:
-        per_subject = [d["normalisation"][mod] for d in docs]
-        mapping = dict(per_subject[0])
-        for key in ("scale", "offset"):
-            mapping[key] = float(np.median([m[key] for m in per_subject]))
-        if mapping.get("clip_normalised") is not None:
-            lo, hi = mapping["clip_normalised"]
-            mapping["source_range"] = [mapping["offset"] + lo * mapping["scale"], mapping["offset"] + hi * mapping["scale"]]
-        mapping["method"] = f"{mapping.get('method', 'linear')} (median of {len(per_subject)} training subjects)"
-        mappings[mod] = mapping
-    return mappings, docs[0]
-
 
 def _scale_relation(prep_root: Path, subjects: Sequence[str], source: str, target: str) -> dict[str, Any]:
     """The cohort's relation between source and target MR scales (medgen.data.scale_relation)."""
@@ -165,7 +147,7 @@ def train_task(
         task, prep_root, subjects, model_paired=is_paired(model_name), spatial_dims=spatial_dims, patch_size=patch_size, seed=train_cfg.seed, context=context
     )
     modalities = _task_modalities(task)
-    mappings, first = _median_mappings(prep_root, subjects, modalities)
+    mappings, first = median_normalisation(prep_root, subjects, modalities)
     classes = getattr(dataset, "classes", None)
     if extra_manifests:
         dataset = with_augmentation(dataset, extra_manifests, mappings, classes or modalities)

@@ -192,7 +192,7 @@ def generation_validator(
 ) -> GenerationValidator | None:
     """FD in the encoder space (weights file ``encoder``) against the validation ``subjects``' slices:
     each modality of every slice whose head mask covers the task's ``min_mask_fraction``, a
-    seeded subset of ``max_real`` (:func:`medgen.eval.run._slices`, as the evaluation's test slices).
+    seeded subset of ``max_real`` (:func:`medgen.eval.generation_run._slices`, as the evaluation's test slices).
     Samples are drawn at ``temperature``, the one ``medgen sample`` will draw at.
 
     None (no validation curve) without ``val_every``, without validation subjects, or for a 3D
@@ -206,7 +206,7 @@ def generation_validator(
         return None
     from medgen.data.settings import MIN_MASK_FRACTION
     from medgen.eval.encoder import EncoderFeatures
-    from medgen.eval.run import _slices
+    from medgen.eval.generation_run import _slices
     from medgen.synth.sample import slice_label_maps
 
     modalities = list(task["modalities"])

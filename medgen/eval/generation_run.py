@@ -1,10 +1,8 @@
-"""The evaluation stage: one metrics file per (task, model), as the workflow and report read it.
-
-Translation: paired metrics per test subject in scanner space (the translated volume against the
-registered ground truth, inside a body mask), aggregated with bootstrap intervals, plus a panel
-per subject. Generation: distribution metrics of the synthetic images against the real test
-split, in each configured feature space, always beside a real-vs-real baseline at the same N, and
-a memorization audit against the training split.
+"""The evaluation stage of a generation model, one metrics file per (task, model) as the workflow
+and report read it (translation models: :mod:`medgen.eval.translation_run`): distribution metrics
+of the synthetic images against the real test split, in each configured feature space, always
+beside a real-vs-real baseline at the same N, and a memorization audit against the training split.
+Also the study's in-domain encoder, trained on the training split.
 """
 
 from __future__ import annotations
@@ -17,69 +15,18 @@ import numpy as np
 import torch
 
 from medgen.data.datasets import SliceDataset
-from medgen.data.normalise import apply_normalisation, is_ct
-from medgen.data.preprocess import load_normalisation
 from medgen.data.settings import MIN_MASK_FRACTION
 from medgen.data.splits import read_split
 from medgen.data.tasks import AugmentationDataset
 from medgen.data.usable import largest_mask_fraction
-from medgen.eval.body_mask import body_mask
 from medgen.eval.distribution import evaluate_distribution
 from medgen.eval.features import get_extractor
 from medgen.eval.memorization import closest_pairs_figure, memorization_audit
-from medgen.eval.paired import aggregate, paired_metrics
 from medgen.eval.metrics_file import write_metrics
 from medgen.eval.radiomics_features import standardise_features
-from medgen.io.nifti import load_nifti
 from medgen.models.artifact import ModelCard
 
 log = logging.getLogger(__name__)
-
-
-def _subject_metrics(subject: str, pred_path: Path, target_path: Path, prep_dir: Path, target: str) -> dict[str, Any]:
-    pred, truth = load_nifti(pred_path), load_nifti(target_path)
-    if pred.array.shape != truth.array.shape or not np.allclose(pred.affine, truth.affine, atol=1e-3):
-        raise ValueError(f"{pred_path}: grid {pred.array.shape} differs from the ground truth {target_path} {truth.array.shape}")
-    if is_ct(target):
-        mask = body_mask(truth.array, "CT")
-        return {"subject": subject, **paired_metrics(pred.array, truth.array, mask, modality="CT", spacing=tuple(truth.spacing))}
-    # MR has no absolute scale: both volumes are put on the ground truth subject's own normalised
-    # scale (its preprocessing mapping), where the metrics are defined.
-    mapping = load_normalisation(prep_dir)[target]
-    mask = body_mask(truth.array, "MR")
-    a, b = apply_normalisation(pred.array, mapping), apply_normalisation(truth.array, mapping)
-    return {"subject": subject, **paired_metrics(a, b, mask, modality="MR", spacing=tuple(truth.spacing))}
-
-
-def evaluate_translation(
-    *, task: Mapping[str, Any], model: str, pred_dir: Path, nifti_root: Path, prep_root: Path, split_path: Path, out_json: Path, seed: int = 0,
-    baselines: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Paired metrics of ``pred_dir/<subject>.nii.gz`` for every test subject (see module doc);
-    ``baselines`` (:func:`medgen.eval.baselines.read_baselines`) is written beside them."""
-    subjects = read_split(split_path)["test"]
-    target = task["target"]
-    per_subject = []
-    for subject in subjects:
-        pred = Path(pred_dir) / f"{subject}.nii.gz"
-        if not pred.exists():
-            raise FileNotFoundError(f"{pred}: no translated volume for test subject {subject}")
-        per_subject.append(_subject_metrics(subject, pred, Path(nifti_root) / subject / f"{target}.nii.gz", Path(prep_root) / subject, target))
-        log.info("%s %s: MAE %.3g %s", model, subject, per_subject[-1]["mae"], per_subject[-1]["units"])
-    result = {
-        "kind": "translation",
-        "task": task.get("name"),
-        "model": model,
-        "source": task["source"],
-        "target": target,
-        "units": per_subject[0]["units"] if per_subject else None,
-        "per_subject": per_subject,
-        "aggregate": aggregate(per_subject, seed=seed),
-    }
-    if baselines is not None:
-        result["baselines"] = dict(baselines)
-    write_metrics(out_json, result)
-    return result
 
 
 def _slices(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str], limit: int | None, seed: int, *, min_mask_fraction: float, split: str) -> np.ndarray:
