@@ -89,12 +89,18 @@ def resample_to(array: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], t
     if not nearest:
         out = ndimage.affine_transform(source, to_input[:3, :3], offset=to_input[:3, 3], output_shape=shape, order=1, mode="nearest", prefilter=False)
         return Volume(out.astype(np.float32, copy=False), target_affine)
-    index = np.indices(shape, dtype=np.float64).reshape(3, -1)
-    coords = np.rint(to_input[:3, :3] @ index + to_input[:3, 3:4]).astype(np.int64)
-    inside = np.all((coords >= 0) & (coords < np.asarray(source.shape)[:, None]), axis=0)
-    out = np.zeros(index.shape[1], dtype=np.float32)
-    out[inside] = source[tuple(coords[:, inside])]
-    return Volume(out.reshape(shape), target_affine)
+    # One output plane at a time: the input coordinates of a whole 1 mm volume at once would take
+    # several hundred MB (three float64 and three int64 values per voxel); a plane's take a few MB.
+    out = np.zeros(shape, dtype=np.float32)
+    j, k = np.meshgrid(np.arange(shape[1], dtype=np.float64), np.arange(shape[2], dtype=np.float64), indexing="ij")
+    m, t = to_input[:3, :3], to_input[:3, 3]
+    for i in range(shape[0]):
+        coords = [np.rint(m[d, 0] * i + m[d, 1] * j + m[d, 2] * k + t[d]).astype(np.int64) for d in range(3)]
+        inside = np.ones(j.shape, dtype=bool)
+        for c, n in zip(coords, source.shape):
+            inside &= (c >= 0) & (c < n)
+        out[i][inside] = source[coords[0][inside], coords[1][inside], coords[2][inside]]
+    return Volume(out, target_affine)
 
 
 def crop_or_pad(volume: Volume, start: np.ndarray, size: tuple[int, int, int], value: float) -> Volume:
