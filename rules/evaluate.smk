@@ -139,8 +139,9 @@ rule downstream:
         f"{RESULTS}/logs/downstream/{{task}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/downstream/{{task}}.tsv"
-    # the longest job after training: started as soon as its models exist (see rules/train.smk)
-    priority: 9
+    # the longest job after training: it starts once every training has (longest jobs first, see
+    # rules/train.smk), then before the short per-model jobs
+    priority: 4
     resources:
         mem_mb=4000,
         runtime=60,

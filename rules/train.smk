@@ -26,12 +26,17 @@ def _sample_temperature(wc) -> float:
 
 
 def _train_priority(wc) -> int:
-    """The order in which trainings start (higher first; the encoder 10, the downstream study 9).
-    A downstream study is the longest job after training (it trains segmenters), so the models it
-    needs train first and it runs beside the other trainings instead of after them all. Every
-    training precedes the short per-model jobs (sample, translate, evaluate, baselines at 0): those
-    fill both cores at the end, where one long job would leave a core idle."""
-    return 8 if wc.task in downstream_tasks(config) else 5
+    """The order in which jobs start (higher first), longest first so that no long job is left to run
+    alone at the end: the encoder (10; the validating generation models wait for it), then the
+    trainings, then a downstream study (4; it trains segmenters, the longest job after training),
+    then the short per-model jobs (sample, translate, evaluate, baselines at 0), which fill both
+    cores at the end. Among the trainings, the models a downstream study needs come first, so that
+    it can start beside the last trainings; then generation models, whose chain after training
+    (sampling, then evaluation in every feature space) is the longest per model, and in the demo
+    the VAE-GAN is also the longest training."""
+    if wc.task in downstream_tasks(config):
+        return 8
+    return 6 if config["tasks"][wc.task]["kind"] == "generation" else 5
 
 
 rule train:
