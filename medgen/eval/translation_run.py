@@ -3,8 +3,8 @@
 bootstrap intervals, in one metrics file per (task, model) as the workflow and report read it.
 
 Neither torch nor MONAI is imported here (``import monai`` alone takes about 10 s per process on a
-2-core machine): the evaluation and baselines jobs of every translation model load only numpy,
-nibabel and scipy.
+2-core machine): a translation model's evaluation job loads only numpy, nibabel and scipy, and
+the baselines job (:mod:`medgen.eval.baselines`) adds torch but not MONAI.
 """
 
 from __future__ import annotations
