@@ -355,19 +355,22 @@ def _run(paths: dict[str, Path], ref: str, out_dir: Path, cfg: PreprocessConfig,
     }
 
 
+def read_prep_record(prep_dir: Path | str) -> dict[str, Any]:
+    """The whole ``prep_dir/normalisation.json`` that :func:`preprocess_subject` writes (mappings,
+    geometry, the preprocessing settings)."""
+    return json.loads((Path(prep_dir) / NORMALISATION_JSON).read_text())
+
+
 def load_normalisation(prep_dir: Path | str) -> dict[str, dict[str, Any]]:
     """Per-modality mappings from ``prep_dir/normalisation.json`` (for :func:`invert_normalisation`)."""
-    import json
-
-    meta = json.loads((Path(prep_dir) / NORMALISATION_JSON).read_text())
-    return meta["normalisation"]
+    return read_prep_record(prep_dir)["normalisation"]
 
 
 def median_normalisation(prep_root: Path, subjects: Sequence[str], modalities: Sequence[str]) -> tuple[dict[str, dict], dict[str, Any]]:
     """Per modality, the training subjects' normalisation with median scale and offset (exact
     for CT's fixed HU window; the cohort's typical scale for MR), and the first subject's file
     (what a trained model's card records; :mod:`medgen.train.run` and the baselines use it)."""
-    docs = [json.loads((Path(prep_root) / s / NORMALISATION_JSON).read_text()) for s in subjects]
+    docs = [read_prep_record(Path(prep_root) / s) for s in subjects]
     mappings = {}
     for mod in modalities:
         per_subject = [d["normalisation"][mod] for d in docs]

@@ -9,7 +9,6 @@ data. :mod:`medgen.models.artifact` owns that file; this module fills the card.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,12 +16,11 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from medgen.data.normalise import is_ct
-from medgen.data.preprocess import median_normalisation
+from medgen.data.preprocess import load_normalisation, median_normalisation
 from medgen.data.scale_relation import fit_scale_relation
 from medgen.data.splits import read_split
 from medgen.data.tasks import task_dataset, with_augmentation
 from medgen.errors import OptionError
-from medgen.layout import NORMALISATION_JSON
 from medgen.models import artifact
 from medgen.models.registry import MODELS, build_model, class_conditions, is_paired, paired_models
 from medgen.synth import DEFAULT_TEMPERATURE
@@ -36,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def _scale_relation(prep_root: Path, subjects: Sequence[str], source: str, target: str) -> dict[str, Any]:
     """The cohort's relation between source and target MR scales (medgen.data.scale_relation)."""
-    docs = [json.loads((prep_root / s / NORMALISATION_JSON).read_text())["normalisation"] for s in subjects]
+    docs = [load_normalisation(prep_root / s) for s in subjects]
     return fit_scale_relation(subjects, [d[source] for d in docs], [d[target] for d in docs])
 
 
