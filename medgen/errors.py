@@ -21,7 +21,7 @@ from medgen.io.atomic import temp_target
 
 __all__ = [
     "ExitCode", "MedgenError", "OptionError", "InputMissingError", "OutputPathError", "CorruptFileError",
-    "ModelFileError", "ModalityMismatchError", "classify", "one_line",
+    "ModelFileError", "ModalityMismatchError", "NonFiniteLossError", "NonFiniteGradientError", "classify", "one_line",
 ]
 
 
@@ -85,6 +85,30 @@ class ModalityMismatchError(MedgenError, ValueError):
     exit_code = ExitCode.MISMATCH
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN/inf; the message names the training step and the term."""
+
+    def __init__(self, step: int, term: str, value: float) -> None:
+        super().__init__(f"non-finite loss at step {step}: term '{term}' = {value}; training stopped, no checkpoint written for this step")
+        self.step, self.term, self.value = step, term, value
+
+
+class NonFiniteGradientError(NonFiniteLossError):
+    """A finite loss term gave a NaN/inf gradient; raised before the optimizer moves.
+
+    A subclass of :class:`NonFiniteLossError` so that everything that stops on a bad loss stops
+    on a bad gradient alike (same exit, no checkpoint for the step).
+    """
+
+    def __init__(self, step: int, term: str, value: float, parameter: str) -> None:
+        FloatingPointError.__init__(
+            self,
+            f"non-finite gradient at step {step}: term '{term}' (loss {value:.6g}) gave a NaN/inf gradient of {parameter}; "
+            "training stopped before the optimizer step, no checkpoint written for this step",
+        )
+        self.step, self.term, self.value, self.parameter = step, term, value, parameter
+
+
 def one_line(text: str) -> str:
     """``text`` with its line breaks (and the indentation after them) folded into single spaces."""
     return re.sub(r"\s*\n\s*", " ", str(text)).strip()
@@ -142,8 +166,6 @@ def _os_message(exc: OSError, advice: str) -> str:
 
 def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
     """The exit status and one-line message of an expected failure; None for a bug."""
-    from medgen.models.base import NonFiniteLossError
-
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED, "interrupted; files written so far are complete (outputs appear whole or not at all)"
     if isinstance(exc, MedgenError):

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from medgen.models.base import NonFiniteLossError  # noqa: E402
+from medgen.errors import NonFiniteLossError  # noqa: E402
 from medgen.train.engine import Trainer  # noqa: E402
 from test_train_engine import LinearRegressor, RegressionDataset, ToyDataset, make_cfg, make_model  # noqa: E402
 

@@ -9,7 +9,8 @@ from typing import Any, Mapping
 
 import torch
 
-from medgen.models.base import GenerativeModel, NonFiniteLossError
+from medgen.errors import NonFiniteLossError
+from medgen.models.base import GenerativeModel
 
 
 @dataclass

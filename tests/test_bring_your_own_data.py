@@ -146,7 +146,7 @@ def test_failed_job_shows_the_end_of_its_log_on_the_console(tmp_path):
     assert res.returncode != 0
     log = clone / "results" / "logs" / "ingest" / "cut.log"
     tail = log.read_text().splitlines()[-3:]
-    assert f"last " in res.stderr and str(log.relative_to(clone)) in res.stderr
+    assert "last " in res.stderr and str(log.relative_to(clone)) in res.stderr
     assert all(line in res.stderr for line in tail if line.strip()), (tail, res.stderr[-3000:])
 
 
@@ -163,5 +163,5 @@ def test_every_job_runs_the_medgen_of_the_snakemake_python(tmp_path):
     assert len(commands) >= 10, text[-3000:]  # ingest x3, preprocess x3, split, encoder, train, sample, evaluate
     # the interpreter of the environment's bin/ folder (the one .venv/bin/snakemake runs on)
     assert all(Path(c.split()[0]).parent == Path(sys.executable).parent for c in commands), commands
-    assert any(f"-m torch.distributed.run --standalone --nproc_per_node 2 -m medgen.cli train" in c for c in commands)
+    assert any("-m torch.distributed.run --standalone --nproc_per_node 2 -m medgen.cli train" in c for c in commands)
     assert not any(line.strip().startswith(("medgen ", "torchrun ")) for line in text.splitlines())

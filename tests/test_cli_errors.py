@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +127,21 @@ def test_a_real_process_prints_exactly_one_line(bad_files):
     assert res.returncode == ExitCode.MODEL_FILE
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("medgen translate: error: "), res.stderr
     assert "this would run on load" not in res.stdout + res.stderr  # the pickle did not run
+
+
+@pytest.mark.parametrize("verb", ["phantom", "ingest", "preprocess", "split"])
+def test_data_preparation_errors_are_reported_without_torch(verb, bad_files):
+    """Classifying a failure needs no deep-learning import: the data-preparation verbs report a bad
+    input (its exit status) in a process that never loads torch (about 2-4 s per process)."""
+    make_args, status = CORRUPT_CASES[verb]
+    code = (
+        "import sys\n"
+        "from medgen.cli import main\n"
+        f"status = main({[verb, *make_args(bad_files)]!r})\n"
+        f"assert status == {int(status)}, status\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 # ------------------------------------------------------------------------------- class by class

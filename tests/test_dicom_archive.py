@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from medgen.cli import main
 from medgen.io import dicom_write
-from medgen.io.dicom_series import DicomSeriesError, load_series, plane_of, scan_dicom, split_series
+from medgen.io.dicom_series import load_series, plane_of, scan_dicom, split_series
 from medgen.io.ingest import IngestOptions, ingest
 
 DICOMDIR_TESTS = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests"

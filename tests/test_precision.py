@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from medgen.models.base import NonFiniteLossError
+from medgen.errors import NonFiniteLossError
 from medgen.models.registry import build_model
 from medgen.train import checkpoint as ckpt
 from medgen.train import precision

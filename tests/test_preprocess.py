@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +12,7 @@ import pytest
 
 from medgen.data.normalise import apply_normalisation, ct_mapping, invert_normalisation
 from medgen.data.preprocess import PreprocessConfig, preprocess_subject, register_rigid
-from medgen.io.nifti import Volume, load_nifti, save_nifti
+from medgen.io.nifti import load_nifti, save_nifti
 
 CENTRE = np.array([2.0, -3.0, 5.0])  # head centre, RAS mm
 BLOB = CENTRE + np.array([-8.0, 6.0, -4.0])  # marked world point

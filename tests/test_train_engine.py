@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medgen.models import artifact
-from medgen.models.base import GenerativeModel, NonFiniteGradientError, NonFiniteLossError
+from medgen.errors import NonFiniteGradientError, NonFiniteLossError
+from medgen.models.base import GenerativeModel
 from medgen.train import checkpoint as ckpt
 from medgen.train.ema import EMA
 from medgen.train.engine import TrainConfig, Trainer

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 from torch import nn
 
 from medgen.data.normalise import ct_mapping

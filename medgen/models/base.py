@@ -26,30 +26,6 @@ KINDS = ("generation", "translation", "label_map")
 CONDITIONS: tuple[str | None, ...] = (None, "modality", "slice_bin", "lesion", "label_map")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN/inf; the message names the training step and the term."""
-
-    def __init__(self, step: int, term: str, value: float) -> None:
-        super().__init__(f"non-finite loss at step {step}: term '{term}' = {value}; training stopped, no checkpoint written for this step")
-        self.step, self.term, self.value = step, term, value
-
-
-class NonFiniteGradientError(NonFiniteLossError):
-    """A finite loss term gave a NaN/inf gradient; raised before the optimizer moves.
-
-    A subclass of :class:`NonFiniteLossError` so that everything that stops on a bad loss stops
-    on a bad gradient alike (same exit, no checkpoint for the step).
-    """
-
-    def __init__(self, step: int, term: str, value: float, parameter: str) -> None:
-        FloatingPointError.__init__(
-            self,
-            f"non-finite gradient at step {step}: term '{term}' (loss {value:.6g}) gave a NaN/inf gradient of {parameter}; "
-            "training stopped before the optimizer step, no checkpoint written for this step",
-        )
-        self.step, self.term, self.value, self.parameter = step, term, value, parameter
-
-
 class StepContext(Protocol):
     """Provided by the engine to :meth:`GenerativeModel.training_step`."""
 
@@ -60,7 +36,7 @@ class StepContext(Protocol):
         """Context manager for the forward pass (mixed precision on CUDA when enabled)."""
 
     def backward_and_step(self, term: str, loss: torch.Tensor, optimizer_name: str) -> float:
-        """Check ``loss`` is finite (else raise :class:`NonFiniteLossError` naming ``term``),
+        """Check ``loss`` is finite (else raise :class:`~medgen.errors.NonFiniteLossError` naming ``term``),
         zero the optimizer's gradients, backpropagate (AMP-scaled), clip if configured, step
         the optimizer and return the loss as a float."""
 

@@ -121,7 +121,7 @@ class Trainer:
         """Train until ``cfg.max_steps``; resume from ``out_dir/checkpoint.pt`` if present and ``resume``.
 
         Returns the last logged scalars (``loss/<term>``, ``lr/<optimizer>``, ``images_per_s``)
-        with ``step`` and ``epoch``. Raises :class:`~medgen.models.base.NonFiniteLossError` on a
+        with ``step`` and ``epoch``. Raises :class:`~medgen.errors.NonFiniteLossError` on a
         NaN/inf loss, leaving the last good checkpoint in place.
         """
         self._owns_process_group = ddp.init_process_group(self.env, self.device)

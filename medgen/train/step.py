@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from medgen.models.base import NonFiniteGradientError, NonFiniteLossError
+from medgen.errors import NonFiniteGradientError, NonFiniteLossError
 from medgen.train.distributed import DistEnv, any_rank, average_gradients
 
 
