@@ -91,7 +91,7 @@ def test_workflow_passes_each_run_its_resolved_train_section():
     cfg = validate_config(yaml.safe_load((ROOT / "configs" / "default.yaml").read_text()))
     section = json.loads(train_settings_json(cfg, "t1w_to_ct", "pix2pix"))
     train, _ = read_section(section, "out")
-    assert (train.max_steps, train.batch_size, train.val_every, train.ckpt_every) == (1200, 8, 100, 100)
+    assert (train.max_steps, train.batch_size, train.val_every, train.ckpt_every) == (1000, 8, 100, 100)
     assert json.loads(model_options_json(cfg, "t1w_to_ct", "pix2pix"))["ngf"] == 16
 
 
