@@ -10,7 +10,10 @@ figure over the timed steps, after warm-up steps; sampling time is per image ove
 columns compare each model with the GAN at the same size in the same run. One more training step
 runs under ``torch.utils.flop_counter``: its GFLOP times the measured steps per second is the
 step's GFLOP/s, printed beside this machine's fp32 3x3-convolution rate measured at the start
-(``bench_translation.machine_rates``). Prints numbers, asserts nothing.
+(``bench_translation.machine_rates``) and beside the rate the step's own convolutions reach when
+each runs alone at its own shape (``layer_rates``, CPU only): the share of the reference rate a
+model of these layer widths and sizes could reach at best, and how much of it the step reaches.
+Prints numbers, asserts nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_translation import machine_rates  # noqa: E402
+from layer_rates import own_convolution_rate, record_convolutions  # noqa: E402
 
 #: model options at benchmark scale: the demo's settings
 OPTIONS = {
@@ -88,15 +92,18 @@ def _measure_in_child(model_name: str, size: int, steps: int, warmup: int, batch
         trainer.cfg.max_steps = warmup + steps + 1
         with counter:  # one more step, counted, not timed
             trainer.fit(resume=True)
+        trainer.cfg.max_steps += 1
+        convolutions = record_convolutions(trainer.model, lambda: trainer.fit(resume=True))
         seconds_per_image = _sampling_seconds(model_name, trainer.model, size, trainer.device)
     rate = lines[-1]["images_per_s"]
     gflop = counter.get_total_flops() / 1e9
+    ceiling = own_convolution_rate(convolutions) if trainer.device.type == "cpu" else {"conv_gflop": float("nan"), "own_conv_rate": float("nan")}
     if trainer.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put({"model": model_name, "size": size, "images_per_s": rate, "sample_s": seconds_per_image, "peak_mb": peak_mb, "device": str(trainer.device),
-               "gflop_per_step": gflop, "gflop_per_s": gflop * rate / batch})
+               "gflop_per_step": gflop, "gflop_per_s": gflop * rate / batch, **ceiling})
 
 
 def _sampling_seconds(model_name: str, model: torch.nn.Module, size: int, device: torch.device) -> float:
@@ -144,13 +151,14 @@ def main() -> None:
     print(f"device: {rows[0]['device']}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up")
     print("machine rates (GFLOP/s, best of 3): " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
     print(f"{'model':8s} {'size':>5s} {'images/s':>10s} {'vs gan':>7s} {'ms/sample':>10s} {'vs gan':>7s} {'peak MB':>9s}"
-          f" {'GFLOP/step':>11s} {'GFLOP/s':>8s} {'% conv fp32':>12s}")
+          f" {'GFLOP/step':>11s} {'GFLOP/s':>8s} {'% conv fp32':>12s} {'own convs GFLOP/s':>18s} {'(% conv fp32)':>14s} {'step / own':>11s}")
     for row in rows:
         ref = next((r for r in rows if r["model"] == "gan" and r["size"] == row["size"]), None)
         train_ratio = f"{row['images_per_s'] / ref['images_per_s']:7.2f}" if ref else "      -"
         sample_ratio = f"{row['sample_s'] / ref['sample_s']:7.1f}" if ref else "      -"
         print(f"{row['model']:8s} {row['size']:5d} {row['images_per_s']:10.1f} {train_ratio} {1000 * row['sample_s']:10.2f} {sample_ratio} {row['peak_mb']:9.0f}"
-              f" {row['gflop_per_step']:11.1f} {row['gflop_per_s']:8.1f} {100 * row['gflop_per_s'] / rates['conv fp32']:11.0f}%")
+              f" {row['gflop_per_step']:11.1f} {row['gflop_per_s']:8.1f} {100 * row['gflop_per_s'] / rates['conv fp32']:11.0f}%"
+              f" {row['own_conv_rate']:18.1f} {100 * row['own_conv_rate'] / rates['conv fp32']:13.0f}% {100 * row['gflop_per_s'] / row['own_conv_rate']:10.0f}%")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layer_rates import own_convolution_rate, record_convolutions  # noqa: E402
 from medgen.models.registry import MODELS, build_model, models_of_kind  # noqa: E402
 from medgen.train import precision  # noqa: E402
 from medgen.train.step import EngineStepContext, make_scalers  # noqa: E402
@@ -174,10 +175,17 @@ def run_reference(args: argparse.Namespace, rates: dict[str, float]) -> None:
 def run_medgen_models(args: argparse.Namespace, rates: dict[str, float]) -> None:
     for size in args.sizes:
         print(f"\n-- medgen models @ {size}x{size}, precision {args.precision}, channels_last {args.channels_last}; interleaved --")
-        runners = {name: MedgenRunner(name, size, args, args.precision).step for name in args.models}
+        models = {name: MedgenRunner(name, size, args, args.precision) for name in args.models}
+        runners = {name: m.step for name, m in models.items()}
         gflop = {k: count_gflop(step) for k, step in runners.items()}
         times = time_interleaved(runners, args.warmup, args.iters)
         print_rows(times, gflop, rates)
+        print("  the step's convolutions, each run alone at its own shape (fp32; layer_rates.py):")
+        for name, m in models.items():
+            own = own_convolution_rate(record_convolutions(m.model, m.step))
+            step_rate = gflop[name] / min(times[name])
+            print(f"  {name:<28}{own['own_conv_rate']:>8.1f} GFLOP/s ({100 * own['own_conv_rate'] / rates['conv fp32']:.0f}% of conv fp32);"
+                  f" the step reaches {100 * step_rate / own['own_conv_rate']:.0f}% of it")
         if "cyclegan" in times:
             for name in ("cut", "fastcut"):
                 if name in times:

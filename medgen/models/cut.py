@@ -92,8 +92,11 @@ class CUTConfig(TranslationOptions):
             raise ValueError("nce_layers must name at least one layer")
         if self.num_patches < 2 or self.mlp_dim < 1 or self.nce_temperature <= 0:
             raise ValueError("num_patches must be >= 2, mlp_dim >= 1 and nce_temperature > 0")
-        if self.nce_idt and self.in_channels != self.out_channels:
-            raise ValueError("nce_idt needs in_channels == out_channels (G is applied to target images)")
+        if self.in_channels != self.out_channels:
+            raise ValueError(
+                f"in_channels {self.in_channels} != out_channels {self.out_channels}: PatchNCE encodes the translation with the "
+                "generator's own encoder, so its input and output must have the same channels (no 2.5D source; CycleGAN and pix2pix take one)"
+            )
 
 
 def patch_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:

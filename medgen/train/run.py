@@ -22,7 +22,7 @@ from medgen.data.splits import read_split
 from medgen.data.tasks import task_dataset, with_augmentation
 from medgen.errors import OptionError
 from medgen.models import artifact
-from medgen.models.registry import MODELS, build_model, class_conditions, is_paired, paired_models
+from medgen.models.registry import MODELS, build_model, class_conditions, is_paired
 from medgen.synth import DEFAULT_TEMPERATURE
 from medgen.train import checkpoint as ckpt
 from medgen.train import fingerprint as fp
@@ -88,15 +88,18 @@ def _check_task(task: Mapping[str, Any]) -> None:
 
 
 def _source_context(task: Mapping[str, Any], model_name: str, options: Mapping[str, Any], spatial_dims: int) -> int:
-    """Neighbour slices on each side of a 2.5D source: a paired 2D translation model with
-    ``in_channels`` = 2·context + 1 sees the source's adjacent slices as channels (0 otherwise)."""
+    """Neighbour slices on each side of a 2.5D source: a 2D translation model with
+    ``in_channels`` = 2·context + 1 sees the source's adjacent slices as channels (0 otherwise).
+    Paired or unpaired alike (the source's neighbours are the source volume's); a model whose
+    losses cannot take a source of other channels than its target refuses it in its own options
+    (CUT and FastCUT: PatchNCE encodes the translation with the generator's encoder)."""
     channels = int(options.get("in_channels", 1))
     if task["kind"] != "translation" or channels == 1:
         return 0
-    if spatial_dims != 2 or not is_paired(model_name) or channels % 2 == 0:
+    if spatial_dims != 2 or channels % 2 == 0:
         raise ValueError(
-            f"{model_name}: in_channels {channels} asks for a 2.5D source (adjacent slices as channels), which needs a paired 2D "
-            f"model ({', '.join(sorted(paired_models()))}, spatial_dims 2) and an odd count (2 x neighbours + 1); use in_channels 1, 3, 5, ..."
+            f"{model_name}: in_channels {channels} asks for a 2.5D source (adjacent slices as channels), which needs a 2D "
+            "model (spatial_dims 2) and an odd count (2 x neighbours + 1); use in_channels 1, 3, 5, ..."
         )
     return (channels - 1) // 2
 
