@@ -4,9 +4,11 @@ A run's *fingerprint* is everything that changes what training produces: the mod
 options, the task, the split membership, the preprocessing settings, checksums of every
 preprocessed file training reads, and the training settings that change the result (batch size,
 seed, EMA decay, gradient clipping). The step count is deliberately left out: raising ``--steps``
-extends a finished run from its checkpoint instead of starting over (schedules that depend on the
-total continue from their restored state). Device, precision flags and logging intervals are left
-out too: they decide how a run is computed, not what it is trained on.
+extends a finished run from its checkpoint instead of starting over. A schedule that is a function
+of the total (the translation models' linear decay) is recomputed for the new total from the
+restored step: a decay that had reached 0 resumes at the new total's factor, so the extended run is
+not the one the new total gives from scratch (README, reruns). Device, precision flags and
+logging intervals are left out too: they decide how a run is computed, not what it is trained on.
 
 ``checkpoint.pt`` (in its config snapshot) and ``model.pt`` (in its model card) record the fingerprint, and
 :func:`check_run_folder` compares it with the run about to start: a checkpoint of another run is
