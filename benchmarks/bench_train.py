@@ -90,10 +90,8 @@ def _measure_in_child(model_name: str, size: int, steps: int, warmup: int, batch
         lines = [json.loads(x) for x in (Path(tmp) / "log.jsonl").read_text().splitlines()]
         counter = FlopCounterMode(display=False)
         trainer.cfg.max_steps = warmup + steps + 1
-        with counter:  # one more step, counted, not timed
-            trainer.fit(resume=True)
-        trainer.cfg.max_steps += 1
-        convolutions = record_convolutions(trainer.model, lambda: trainer.fit(resume=True))
+        with counter:  # one more step, counted (and its convolutions recorded), not timed
+            convolutions = record_convolutions(trainer.model, lambda: trainer.fit(resume=True))
         seconds_per_image = _sampling_seconds(model_name, trainer.model, size, trainer.device)
     rate = lines[-1]["images_per_s"]
     gflop = counter.get_total_flops() / 1e9
