@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from medgen.models.pix2pix import Pix2Pix
 from medgen.models.registry import build_model
 from medgen.models.image_pool import ImagePool
 from medgen.models.translation_base import linear_decay_factor
+from medgen.train.batch_norm import batch_norm_layers
 from medgen.train.engine import TrainConfig, Trainer
 from model_helpers import fit
 
@@ -179,6 +181,29 @@ def test_fastcut_flip_equivariance_draws_from_the_torch_generator():
         m.load_state_dict(model.state_dict())
         runs.append(fit(m, lambda step: {"source": x, "target": -x}, steps=4))
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("name", ["cut", "fastcut"])
+def test_cut_running_statistics_come_from_the_forward_pass_on_its_inputs_only(name):
+    """With batch norm, one step folds into the generator's running statistics its forward pass on
+    the sources and nothing else: not the identity term's pass on the targets, not the
+    re-encoding of its outputs, not FastCUT's pass on the unflipped source (all in train mode)."""
+    seed = next(s for s in range(100) if (float(torch.rand((), generator=torch.Generator().manual_seed(s))) < 0.5) == (name == "fastcut"))
+    torch.manual_seed(0)
+    model = build_model(name, norm="batch", **TINY_2D[name])
+    reference = copy.deepcopy(model)
+    x, y = _blobs(2, seed=1), -_blobs(2, seed=2)
+    torch.manual_seed(seed)  # the step's first draw decides FastCUT's flip: flipped for fastcut
+    fit(model, lambda step: {"source": x, "target": y}, steps=1)
+    x_in = x.flip(-1) if name == "fastcut" else x
+    reference.generator.train()
+    with torch.no_grad():
+        reference.generator(x_in)
+    layers, expected = batch_norm_layers(model.generator), batch_norm_layers(reference.generator)
+    assert layers and len(layers) == len(expected)
+    for got, want in zip(layers, expected):
+        torch.testing.assert_close(got.running_mean, want.running_mean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got.running_var, want.running_var, rtol=0, atol=1e-6)
 
 
 # -- CycleGAN ----------------------------------------------------------------------------------
