@@ -105,11 +105,10 @@ def running_stats_frozen(module: nn.Module) -> Iterator[None]:
     """Passes inside run the batch-norm layers of ``module`` on batch statistics, as in training,
     without folding them into the running statistics that eval mode normalises with.
 
-    For passes on inputs that inference never sees: CUT re-encodes its own outputs with the
-    generator's encoder, and those outputs look like the target domain. Folded in, they moved the
-    running statistics of the encoder's layers away from the ones its training forward pass
-    normalised with (in the CPU study a CUT's validation MAE went from 212 to 155 HU when only its
-    statistics were re-estimated from the training forward pass)."""
+    For passes on inputs that inference never sees: CUT runs its generator on target-domain images
+    (the identity term) and re-encodes its own outputs; folded in, their statistics would move the
+    ones a translation of a source image is normalised with (used where the EMA is off; with it,
+    the engine re-estimates them from translations of sources)."""
     layers = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     for m in layers:
         m.track_running_stats = False  # in train mode: batch statistics, running ones untouched
