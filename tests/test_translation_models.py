@@ -13,8 +13,8 @@ from medgen.models.cyclegan import CycleGAN
 from medgen.models.pix2pix import Pix2Pix
 from medgen.models.registry import build_model
 from medgen.models.image_pool import ImagePool
+from medgen.models.running_stats import batch_norm_layers
 from medgen.models.translation_base import linear_decay_factor
-from medgen.train.batch_norm import batch_norm_layers
 from medgen.train.engine import TrainConfig, Trainer
 from model_helpers import fit
 

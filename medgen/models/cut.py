@@ -58,7 +58,8 @@ from medgen.models.adversarial import gan_optimizers
 from medgen.models.base import StepContext
 from medgen.models.gan import dcgan_init
 from medgen.models.options import TranslationOptions, check_choice
-from medgen.models.translation_base import TranslationModel, running_stats_frozen, set_requires_grad
+from medgen.models.running_stats import running_stats_frozen
+from medgen.models.translation_base import TranslationModel, set_requires_grad
 from medgen.models.translation_generators import ResnetGenerator, check_image
 
 MODES = ("cut", "fastcut")

@@ -10,13 +10,11 @@ and its training step.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from monai.networks.utils import eval_mode
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from medgen.models.adversarial import AdversarialLoss
 from medgen.models.base import GenerativeModel
@@ -99,21 +97,3 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(flag)
 
-
-@contextmanager
-def running_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """Passes inside run the batch-norm layers of ``module`` on batch statistics, as in training,
-    without folding them into the running statistics that eval mode normalises with.
-
-    For passes on inputs that inference never sees: CUT runs its generator on target-domain images
-    (the identity term) and re-encodes its own outputs; folded in, their statistics would move the
-    ones a translation of a source image is normalised with (used where the EMA is off; with it,
-    the engine re-estimates them from translations of sources)."""
-    layers = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    for m in layers:
-        m.track_running_stats = False  # in train mode: batch statistics, running ones untouched
-    try:
-        yield
-    finally:
-        for m in layers:
-            m.track_running_stats = True

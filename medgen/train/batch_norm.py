@@ -20,12 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-
-def batch_norm_layers(model: nn.Module) -> list[_BatchNorm]:
-    """The batch-norm layers of ``model`` that keep running statistics."""
-    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+from medgen.models.running_stats import batch_norm_layers
 
 
 def recalibrate_batch_norm(model: nn.Module, passes: Sequence[Callable[[], Any]]) -> int:
